@@ -311,7 +311,7 @@ cdef class Core:
     cdef public uint64_t n_policed, n_frozen, n_fragments, n_active
 
     def __cinit__(self, object policy, *, int max_flows=65536, double tcp_idle=600.0, double udp_idle=60.0,
-                  bint reassembly=True, int budget=16384, int window=1, int tcp_header_exact=0,
+                  bint reassembly=True, int budget=16384, int window=0, int tcp_header_exact=0,
                   bint require_syn=True, bint parse_both=False, bint server_syn_unblocks=False,
                   bint triggers_both=False, object inside=(), int udp_window=1, bint new_flow_callback=True):
         cdef int i
@@ -649,8 +649,8 @@ cdef class Core:
                 if f.filled[d][i] == 2:
                     f.filled[d][i] = 1
             return 0     # a hole before this segment: wait for it
-        f.inspected += 1
         res = self._callback(f, p, b, n, from_client, 0, f.buf[d], k, ts)
+        f.inspected += 1
         if res == R_DECIDE and self.ctx.state == S_INSPECT and (self.ctx.verdict & V_DROP):
             # the segment is dropped but the flow stays under inspection: forget its bytes so that the
             # retransmission is inspected (and dropped) again
@@ -790,10 +790,6 @@ cdef class Core:
     # ------------------------------------------------------------------ Python API
     def process(self, const uint8_t[::1] packet, double ts):
         """One raw IP packet → verdict code (bit 0 drop, bits 1-2 mark). Forged packets/events: `inject`/`events`."""
-        if self.inject:
-            self.inject = []
-        if self.events:
-            self.events = []
         if packet.shape[0] == 0:
             self.n_packets += 1
             self.n_unparsed += 1

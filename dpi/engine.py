@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -34,7 +35,8 @@ _PROTO = {6: "tcp", 17: "udp"}
 
 
 def ip_text(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    """Packed address -> text; inet_ntop is ~20x faster than ipaddress on this (per-decision) path."""
+    return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 
 @dataclass(slots=True)
@@ -195,8 +197,15 @@ class Censor:
 
     # ------------------------------------------------------------------ the feed's entry point
     def process(self, packet: bytes, ts: float) -> Decision:
-        code = self.core.process(packet, ts)
-        return Decision(code & 1, code >> 1, self.core.inject, self.core.events)
+        core = self.core
+        code = core.process(packet, ts)
+        # hand the lists over and start fresh ones, so a Decision never shares a list with a later packet
+        inject, events = core.inject, core.events
+        if inject:
+            core.inject = []
+        if events:
+            core.events = []
+        return Decision(code & 1, code >> 1, inject or [], events or [])
 
     def counters_snapshot(self) -> dict[str, int]:
         c = self.core
