@@ -152,16 +152,18 @@ class Censor:
         if name not in self._lists:
             spec: ListSpec = self.profile.lists[name]
             patterns, networks = [], []
+            m = self.profile.matching
             for path in spec.files:
-                loaded = load_list(path, spec.format, default_form=spec.default_form, on_error=spec.on_error)
+                loaded = load_list(path, spec.format, default_form=spec.default_form, on_error=spec.on_error,
+                                   case_sensitive=m.case_sensitive)
                 patterns += loaded.patterns
                 networks += loaded.networks
             if spec.entries:
                 loaded = parse_list_text("\n".join(spec.entries), spec.format, source=f"list {name}",
-                                         default_form=spec.default_form, on_error=spec.on_error)
+                                         default_form=spec.default_form, on_error=spec.on_error,
+                                         case_sensitive=m.case_sensitive)
                 patterns += loaded.patterns
                 networks += loaded.networks
-            m = self.profile.matching
             matcher = DomainMatcher(patterns, trailing_dot=m.trailing_dot, case_sensitive=m.case_sensitive) \
                 if patterns or spec.format != "ip" else None
             self._lists[name] = (matcher, tuple(networks))

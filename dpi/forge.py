@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,10 +60,14 @@ def _checksum(data: bytes) -> int:
 
 def _addresses(src: str, dst: str) -> tuple[int, bytes, bytes]:
     """(IP version, packed source, packed destination); both ends must be of one family."""
-    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
-    if s.version != d.version:
-        raise ValueError(f"mixed address families: {src} -> {dst}")
-    return s.version, s.packed, d.packed
+    # inet_pton instead of ipaddress: this runs for every forged packet and is ~10x faster
+    try:
+        if ":" in src:
+            return 6, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
+        return 4, socket.inet_pton(socket.AF_INET, src), socket.inet_pton(socket.AF_INET, dst)
+    except OSError:
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)  # raises ValueError for bad text
+        raise ValueError(f"mixed address families: {src} -> {dst}") from None
 
 
 def _pseudo_header(version: int, src: bytes, dst: bytes, proto: int, length: int) -> bytes:
