@@ -131,11 +131,13 @@ def run_scapy(packets: list[tuple[float, bytes]]) -> tuple[float, dict[tuple, st
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="redweb bench classify")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--flows", type=int, default=6000)
+    ap.add_argument("--flows", type=int, default=4000)
+    ap.add_argument("--bulk-segments", type=int, default=200,
+                    help="server data segments per TLS flow (HTTP flows get a fifth): sets packets per flow")
     ap.add_argument("--baseline-packets", type=int, default=12000, help="prefix of the capture the scapy baseline runs")
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args(list(argv))
-    packets = mixed_capture(args.flows, blocked=BLOCKED, allowed=ALLOWED, bulk_segments=20)
+    packets = mixed_capture(args.flows, blocked=BLOCKED, allowed=ALLOWED, bulk_segments=args.bulk_segments)
     data = raw_pcap(packets)
     core_s, count, core_dec = run_core(data, args.repeat)
     prefix = packets[: args.baseline_packets]
@@ -145,7 +147,8 @@ def main(argv: Sequence[str] = ()) -> int:
     scapy_pps = len(prefix) / scapy_s
     agree = prefix_dec == scapy_dec
     result = {
-        "bench": "classify", "packets": count, "flows": args.flows, "core_seconds": round(core_s, 4),
+        "bench": "classify", "packets": count, "flows": args.flows,
+        "packets_per_flow": round(count / args.flows, 1), "core_seconds": round(core_s, 4),
         "core_pps": round(core_pps), "baseline": "scapy", "baseline_packets": len(prefix),
         "baseline_pps": round(scapy_pps), "ratio": round(core_pps / scapy_pps, 1),
         "censored_flows": len(core_dec), "decisions_agree": agree,
@@ -153,7 +156,8 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"capture: {count} packets, {args.flows} flows ({len(core_dec)} censored)")
+        print(f"capture: {count} packets, {args.flows} flows ({count / args.flows:.0f} packets/flow; "
+              f"TLS, HTTP, DNS, QUIC first flights + bulk), {len(core_dec)} flows censored")
         print(f"core (Cython, one core):   {core_pps:>12,.0f} packets/s  (best of {args.repeat})")
         print(f"baseline (scapy, Python):  {scapy_pps:>12,.0f} packets/s  (first {len(prefix)} packets)")
         print(f"ratio:                     {core_pps / scapy_pps:>12,.1f} x")

@@ -114,6 +114,7 @@ def mixed_capture(flows: int, *, blocked: list[str], allowed: list[str], bulk_se
     names = blocked + allowed
     out: list[tuple[float, bytes]] = []
     body = bytes(rng.getrandbits(8) for _ in range(1448)) * bulk_segments
+    http_body = body[: 1448 * max(1, bulk_segments // 5)]
     for i in range(flows):
         client = f"{client_net}{2 + i % 200}"
         server = f"{server_net}{1 + (i * 7) % 250}"
@@ -127,7 +128,7 @@ def mixed_capture(flows: int, *, blocked: list[str], allowed: list[str], bulk_se
             out += conv.packets
         elif kind == 2:
             conv = TcpConversation(client, server, cport, 80, ts=start).handshake()
-            conv.client_send(http_request(name)).server_send(body[: 1448 * 4]).close()
+            conv.client_send(http_request(name)).server_send(http_body).close()
             out += conv.packets
         else:
             if i % 8 == 3:

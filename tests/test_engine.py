@@ -278,3 +278,27 @@ def test_probability_is_seeded_and_close_to_configured():
     frac = sum(random_flows) / len(random_flows)
     assert 0.18 < frac < 0.35      # 26.3 % over 200 flows; the 99.9 % interval is about +-0.1
     assert not any(a[0::2])        # bytes(range(256)) holds a 95-byte printable run: exempt by Ex4
+
+
+# ---------------------------------------------------------------- hostile input through a whole profile
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600), st.integers(0, 599), st.sampled_from([443, 80, 53, 8443]), st.booleans())
+def test_fuzz_censor_with_real_profile_never_crashes(noise, cut, port, udp):
+    """Any payload (random, or a real ClientHello with a byte overwritten) through the gfw profile's full path."""
+    from dpi.profile import load_profile
+    c = Censor(load_profile("gfw"))
+    hello = bytearray(client_hello("twitter.com"))
+    if noise:
+        hello[cut % len(hello)] = noise[0]
+    payloads = [bytes(hello), noise, bytes(hello[: cut % len(hello)])]
+    for i, payload in enumerate(payloads):
+        if udp:
+            d = c.process(udp_packet(C, S, 40000 + i, port, payload), float(i))
+        else:
+            conv = TcpConversation(C, S, 40000 + i, port, ts=float(i)).handshake().client_send(payload)
+            d = run(c, conv.packets)[-1]
+        assert d.verdict in (ACCEPT, DROP)
+    assert c.core.active_flows <= 6
