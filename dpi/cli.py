@@ -125,15 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None, help="seed for probabilistic rules (GF-2)")
     s.set_defaults(func=cmd_classify)
 
+    from dpi.run import add_cleanup_arguments, add_run_arguments
     s = sub.add_parser("run", help="inline censor on NFQUEUE (needs root); Ctrl-C/SIGTERM removes its rules")
-    try:
-        from dpi.run import add_run_arguments
-        add_run_arguments(s)
-        s.set_defaults(func=_run_module("dpi.run", "run_main"))
-    except ImportError:  # pragma: no cover - the live part is optional in a partial checkout
-        s.set_defaults(func=lambda a: (_ for _ in ()).throw(UsageError("redweb run is not available")))
+    add_run_arguments(s)
+    s.set_defaults(func=_run_module("dpi.run", "run_main"))
 
     s = sub.add_parser("cleanup", help="remove iptables rules left by a killed `redweb run`")
+    add_cleanup_arguments(s)
     s.set_defaults(func=_run_module("dpi.run", "cleanup_main"))
 
     s = sub.add_parser("bench", help="benchmarks, each with its baseline measured in the same run")
