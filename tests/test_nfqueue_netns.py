@@ -30,18 +30,25 @@ import pytest
 
 from dpi.metrics import parse_address, render, split_rule_counter
 from dpi.nfqueue import SharedResidual, censor_counters, flow_key
+from tests.live import WAIT, read_log, wait_for
+from tests.live import Live as _Live
 from tests.netns import Host, Path3
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 BIG = 5_000_000
-WAIT = 20.0
 
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.skipif(os.geteuid() != 0 or not all(shutil.which(t) for t in ("ip", "iptables", "curl")),
                        reason="needs root, iproute2, iptables and curl"),
 ]
+
+
+def Live(*args, **kw):  # type: ignore[no-untyped-def]
+    """These tests drive the plumbing with tests.plumbing_censor unless they name another module."""
+    kw.setdefault("module", "tests.plumbing_censor")
+    return _Live(*args, **kw)
 
 
 # -- the lab ---------------------------------------------------------------------------------------------------------
@@ -100,37 +107,6 @@ def no_leftovers(lab: Lab) -> Iterator[None]:
     lab.router.run([PY, "-m", "dpi.run", "cleanup"], check=False)
 
 
-class Live:
-    """A `redweb run` process in a namespace; waits for its one 'censoring ...' line."""
-
-    def __init__(self, host: Host, *args: str, module: str = "tests.plumbing_censor",
-                 profile: str = "plumbing", expect_ready: bool = True) -> None:
-        self.proc = host.popen([PY, "-m", module, "run", "--profile", profile, *args], cwd=str(ROOT), text=True)
-        self.first = ""
-        if expect_ready:
-            while "censoring" not in self.first:  # lines before it: e.g. stale rules being removed
-                line = self._line()
-                if not line:
-                    raise AssertionError(self.first + self.finish(signal.SIGKILL)[2])
-                self.first += line
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        r, _, _ = select.select([self.proc.stdout], [], [], WAIT)
-        return self.proc.stdout.readline() if r else ""
-
-    def children(self) -> list[int]:
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-
-    def finish(self, sig: int | None = signal.SIGTERM) -> tuple[int, str, str]:
-        """Send `sig` (None: send nothing) and wait for the exit: (exit code, stdout, stderr)."""
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        out, err = self.proc.communicate(timeout=WAIT)
-        return self.proc.returncode, self.first + out, err
-
-
 def scrape(lab: Lab, port: int) -> dict[str, float]:
     """Metric name → sum over its label sets."""
     text = lab.router.run(["curl", "-s", f"http://127.0.0.1:{port}/metrics"]).stdout
@@ -140,19 +116,6 @@ def scrape(lab: Lab, port: int) -> dict[str, float]:
             name = re.split(r"[{ ]", line, maxsplit=1)[0]
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def wait_for(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def read_pcap(path: Path) -> tuple[int, list[bytes]]:
