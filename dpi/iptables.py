@@ -8,14 +8,15 @@ FORWARD (an inline router, the default) or from INPUT and OUTPUT (`local` mode: 
 host). The chain implements the fast path that keeps decided flows out of user space (DESIGN.md, "Performance
 design"):
 
-1. a packet the worker gave back with NF_REPEAT carries an nfmark bit saying how its flow was decided; the
-   first rule copies that bit into the connmark, so the *rest* of the flow never reaches the queue;
+0. packets of decided connections are accepted/dropped by the connmark, first, so the bulk of the traffic
+   leaves the chain after one rule;
+1. a packet the worker gave back with NF_REPEAT carries an nfmark bit saying how its flow was decided; a
+   rule copies that bit into the connmark, so the *rest* of the flow never reaches the queue;
 2. packets marked PASS are accepted at once: the injector's own forged packets (they must never be censored
    again, which matters in local mode where they cross OUTPUT), and the one packet of a flow whose future is
    "drop" but which itself passes (GQ-2: the triggering QUIC Initial passes, later datagrams are dropped);
 3. the repeated packet itself is accepted/dropped by its nfmark (this also covers untracked packets, whose
    connmark cannot be saved: without these rules they would loop back into the queue);
-4. later packets of a decided connection are accepted/dropped by the connmark;
 5. everything else of TCP and UDP goes to NFQUEUE (`--queue-bypass` unless fail-closed: with no worker bound
    the kernel then accepts instead of dropping).
 
@@ -149,13 +150,14 @@ class RuleSet:
     def chain_rules(self) -> list[_Rule]:
         fm, fa, fd, p = _hex(FLOW_MASK), _hex(FLOW_ACCEPT), _hex(FLOW_DROP), _hex(PASS)
         specs = [
+            # decided connections first: the bulk of all packets leaves the chain after one rule
+            _tag("-m", "connmark", "--mark", f"{fa}/{fm}", "-j", "ACCEPT"),
+            _tag("-m", "connmark", "--mark", f"{fd}/{fm}", "-j", "DROP"),
             _tag("-m", "mark", "!", "--mark", f"0x0/{fm}",
                  "-j", "CONNMARK", "--save-mark", "--nfmask", fm, "--ctmask", fm),
             _tag("-m", "mark", "--mark", f"{p}/{p}", "-j", "ACCEPT"),
             _tag("-m", "mark", "--mark", f"{fd}/{fd}", "-j", "DROP"),
             _tag("-m", "mark", "--mark", f"{fa}/{fa}", "-j", "ACCEPT"),
-            _tag("-m", "connmark", "--mark", f"{fa}/{fm}", "-j", "ACCEPT"),
-            _tag("-m", "connmark", "--mark", f"{fd}/{fm}", "-j", "DROP"),
             _tag("-p", "tcp", "-j", "NFQUEUE", *self.queue_args()),
             _tag("-p", "udp", "-j", "NFQUEUE", *self.queue_args()),
         ]

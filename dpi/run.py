@@ -51,6 +51,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                       help="if no worker listens or the engine fails on a packet, drop it")
     p.add_argument("--seed", type=int, default=None, help="random seed (probabilistic rules, injector fields)")
     p.add_argument("--no-ipv6", action="store_true", help="leave IPv6 alone (no ip6tables rules)")
+    p.add_argument("--no-offload", dest="offload", action="store_false", default=True,
+                   help="keep every packet of every flow in user space (no connmark fast path): for "
+                        "benchmarks and debugging")
 
 
 def add_cleanup_arguments(p: argparse.ArgumentParser) -> None:
@@ -175,7 +178,8 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
                     ipv6=not args.no_ipv6)
     if args.pcap:
         write_pcap_header(args.pcap)
-    pool = WorkerPool(queues, factory, fail_closed=args.fail_closed, log_path=args.log, pcap_path=args.pcap)
+    pool = WorkerPool(queues, factory, fail_closed=args.fail_closed, log_path=args.log, pcap_path=args.pcap,
+                      offload=getattr(args, "offload", True))
     log = EventLog(args.log)
     stop_reason: list[str] = []
     wake_r, wake_w = socket.socketpair()

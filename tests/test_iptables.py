@@ -49,14 +49,14 @@ def test_install_builds_fast_path_chain_in_order_for_both_families(ns: str) -> N
         assert lines.count(f"-A FORWARD -m comment --comment redweb -j {CHAIN}") == 1
         chain = [line for line in lines if line.startswith(f"-A {CHAIN} ")]
         targets = [line.split(" -j ")[1] for line in chain]
-        # Order is the fast path: save the worker's nfmark into the connmark, settle PASS / repeated packets by
-        # nfmark, decided connections by connmark, and only then queue what is left.
-        assert targets[0].startswith("CONNMARK --save-mark")
-        assert targets[1:4] == ["ACCEPT", "DROP", "ACCEPT"]
-        assert f"--mark {PASS:#x}/{PASS:#x}" in chain[1]
-        assert f"--mark {FLOW_DROP:#x}/{FLOW_DROP:#x}" in chain[2]
-        assert f"-m connmark --mark {FLOW_ACCEPT:#x}/" in chain[4] and targets[4] == "ACCEPT"
-        assert f"-m connmark --mark {FLOW_DROP:#x}/" in chain[5] and targets[5] == "DROP"
+        # Order is the fast path: decided connections by connmark first (most packets stop there), then save
+        # the worker's nfmark into the connmark, settle PASS / repeated packets by nfmark, then queue the rest.
+        assert f"-m connmark --mark {FLOW_ACCEPT:#x}/" in chain[0] and targets[0] == "ACCEPT"
+        assert f"-m connmark --mark {FLOW_DROP:#x}/" in chain[1] and targets[1] == "DROP"
+        assert targets[2].startswith("CONNMARK --save-mark")
+        assert targets[3:6] == ["ACCEPT", "DROP", "ACCEPT"]
+        assert f"--mark {PASS:#x}/{PASS:#x}" in chain[3]
+        assert f"--mark {FLOW_DROP:#x}/{FLOW_DROP:#x}" in chain[4]
         assert targets[6:] == ["NFQUEUE --queue-num 0 --queue-bypass"] * 2
         assert "-p tcp" in chain[6] and "-p udp" in chain[7]
         assert all("--comment redweb" in line for line in chain)

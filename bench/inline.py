@@ -1,0 +1,181 @@
+"""`redweb bench inline`: the live censor's cost on a real path, each figure next to its baseline from the same run.
+
+client -- router -- server in namespaces (root needed):
+1. iperf3 throughput of an allowed flow with no censor and with `redweb run` (decided flows leave the queue
+   through the connmark, so the censor should cost little);
+2. packets/s when every packet is inspected (`--no-offload`) next to a bare `netfilterqueue` accept-all loop on
+   the same queue rule (the floor any NFQUEUE program pays);
+3. added latency per inspected packet: UDP echo round trips through the censor (every packet inspected) minus the
+   same round trips with no queue at all, p50 and p99.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.netns import Path3  # noqa: E402  (the same namespace path the tests use)
+
+PY = sys.executable
+BARE_LOOP = """
+import sys
+from netfilterqueue import NetfilterQueue
+q = NetfilterQueue()
+q.bind(0, lambda pkt: pkt.accept(), max_len=4096)
+print("ready", flush=True)
+try:
+    q.run()
+except KeyboardInterrupt:
+    pass
+"""
+ECHO_SERVER = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 7007))
+while True:
+    data, addr = s.recvfrom(2048)
+    s.sendto(data, addr)
+"""
+ECHO_CLIENT = """
+import socket, sys, time, json
+n = int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1.0)
+s.connect((sys.argv[1], 7007))
+rtts = []
+for i in range(n):
+    t = time.perf_counter()
+    s.send(i.to_bytes(4, "big") * 16)
+    try:
+        s.recv(2048)
+        rtts.append((time.perf_counter() - t) * 1e6)
+    except socket.timeout:
+        pass
+    time.sleep(0.0005)
+print(json.dumps(rtts))
+"""
+
+
+def forwarded(p: Path3) -> int:
+    info = json.loads(p.router.run(["ip", "-s", "-j", "link", "show", "dev", p.router_ifs[0]]).stdout)[0]
+    return info["stats64"]["rx"]["packets"] + info["stats64"]["tx"]["packets"]
+
+
+def iperf(p: Path3, seconds: int) -> tuple[float, float]:
+    """(Gbit/s received, forwarded packets/s through the router's client-side interface)."""
+    before = forwarded(p)
+    t0 = time.monotonic()
+    r = p.client.run(["iperf3", "-c", Path3.SERVER_V4, "-t", str(seconds), "-J"], timeout=seconds + 30)
+    elapsed = time.monotonic() - t0
+    pkts = forwarded(p) - before
+    bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
+    return bps / 1e9, pkts / elapsed
+
+
+def rtts(p: Path3, n: int) -> list[float]:
+    r = p.client.run([PY, "-c", ECHO_CLIENT, Path3.SERVER_V4, str(n)], timeout=n * 0.01 + 60)
+    return json.loads(r.stdout)
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+@contextmanager
+def censor(p: Path3, profile: str, *extra: str) -> Iterator[None]:
+    proc = p.router.popen([PY, "-m", "dpi.cli", "run", "--profile", profile, "--inside", "10.9.1.0/24", *extra],
+                          cwd=str(ROOT), text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if "censoring" not in line:
+            raise RuntimeError(f"redweb run did not start: {line}{proc.stderr.read() if proc.stderr else ''}")
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+@contextmanager
+def bare_queue(p: Path3) -> Iterator[None]:
+    rule = ["FORWARD", "-p", "tcp", "-j", "NFQUEUE", "--queue-num", "0"]
+    proc = p.router.popen([PY, "-c", BARE_LOOP], text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        p.router.run(["iptables", "-I", *rule])
+        p.router.run(["iptables", "-I", "FORWARD", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "0"])
+        yield
+    finally:
+        p.router.run(["iptables", "-D", *rule], check=False)
+        p.router.run(["iptables", "-D", "FORWARD", "-p", "udp", "-j", "NFQUEUE", "--queue-num", "0"], check=False)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    ap = argparse.ArgumentParser(prog="redweb bench inline")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--probes", type=int, default=2000)
+    ap.add_argument("--profile", default="gfw")
+    args = ap.parse_args(list(argv))
+    if os.geteuid() != 0:
+        print("redweb bench inline: needs root (network namespaces, iptables, NFQUEUE)", file=sys.stderr)
+        return 2
+    with Path3() as p:
+        servers = [p.server.popen(["iperf3", "-s"], stdout=subprocess.DEVNULL),
+                   p.server.popen([PY, "-c", ECHO_SERVER])]
+        try:
+            time.sleep(0.5)
+            base_gbps, base_pps = iperf(p, args.seconds)
+            base_rtt = rtts(p, args.probes)
+            with censor(p, args.profile):
+                cens_gbps, _ = iperf(p, args.seconds)
+            with bare_queue(p):
+                _, bare_pps = iperf(p, args.seconds)
+            with censor(p, args.profile, "--no-offload"):
+                _, insp_pps = iperf(p, args.seconds)
+                insp_rtt = rtts(p, args.probes)
+        finally:
+            for s in servers:
+                s.kill()
+                s.wait()
+    result = {
+        "bench": "inline", "profile": args.profile,
+        "throughput_no_censor_gbps": round(base_gbps, 3), "throughput_censor_gbps": round(cens_gbps, 3),
+        "throughput_ratio": round(cens_gbps / base_gbps, 3),
+        "inspected_pps": round(insp_pps), "bare_nfqueue_pps": round(bare_pps),
+        "inspected_vs_bare_ratio": round(insp_pps / bare_pps, 3), "no_queue_pps": round(base_pps),
+        "rtt_no_censor_p50_us": round(pct(base_rtt, 0.5), 1), "rtt_no_censor_p99_us": round(pct(base_rtt, 0.99), 1),
+        "added_latency_p50_us": round(pct(insp_rtt, 0.5) - pct(base_rtt, 0.5), 1),
+        "added_latency_p99_us": round(pct(insp_rtt, 0.99) - pct(base_rtt, 0.99), 1),
+        "probes_lost": args.probes - len(insp_rtt),
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"1. iperf3 allowed flow: {base_gbps:.2f} Gbit/s without censor, {cens_gbps:.2f} Gbit/s with "
+          f"`redweb run --profile {args.profile}`: {100 * cens_gbps / base_gbps:.0f} %")
+    print(f"2. every packet inspected: {insp_pps:,.0f} packets/s; bare netfilterqueue accept loop: "
+          f"{bare_pps:,.0f} packets/s: {100 * insp_pps / bare_pps:.0f} %  (no queue: {base_pps:,.0f} packets/s)")
+    print(f"3. UDP echo RTT without censor p50 {pct(base_rtt, 0.5):.0f} us / p99 {pct(base_rtt, 0.99):.0f} us; "
+          f"added by inspecting every packet p50 {result['added_latency_p50_us']:.0f} us / "
+          f"p99 {result['added_latency_p99_us']:.0f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
