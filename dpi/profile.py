@@ -145,7 +145,7 @@ def bundled_profiles() -> list[tuple[str, Path, str]]:
     Only the `summary` is read (not the whole profile) so that one broken file does not hide the others.
     """
     found: list[tuple[str, Path, str]] = []
-    for path in sorted(RULES_DIR.glob("*.yaml")):
+    for path in sorted(RULES_DIR.glob("*.yaml"), key=lambda p: p.stem):
         found.append((path.stem, path, _read_summary(path)))
     return found
 
