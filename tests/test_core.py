@@ -283,3 +283,29 @@ def test_pcap_truncated_and_garbage_is_safe():
     assert core.process_pcap(b"\x00" * 7, 101, 24, False, False) == (0, 0)
     rec = b"\x00" * 8 + (1000).to_bytes(4, "little") * 2 + b"abc"
     assert core.process_pcap(b"\x00" * 24 + rec, 1, 24, False, False) == (0, 0)
+
+
+@pytest.mark.parametrize("link", ["ethernet", "vlan", "sll", "sll2", "raw"])
+def test_pcap_link_types_reach_the_same_ip_packets(tmp_path, link):
+    """pcap files as tcpdump writes them: Ethernet (with VLAN tags), Linux cooked v1/v2, raw IP."""
+    from scapy.layers.l2 import CookedLinux, Dot1Q, Ether
+    from scapy.utils import PcapWriter as ScapyWriter
+    from dpi.pcap import iter_packets
+    conv = TcpConversation(C, S, 40000, 443).handshake().client_send(client_hello("a.test"))
+    path = tmp_path / f"{link}.pcap"
+    linktype = {"ethernet": 1, "vlan": 1, "sll": 113, "sll2": 276, "raw": 101}[link]
+    w = ScapyWriter(str(path), linktype=linktype, sync=True)
+    for ts, pkt in conv.packets:
+        if link == "ethernet":
+            frame = bytes(Ether(type=0x0800)) + pkt
+        elif link == "vlan":
+            frame = bytes(Ether(type=0x8100) / Dot1Q(vlan=7, type=0x0800)) + pkt
+        elif link == "sll":
+            frame = bytes(CookedLinux(proto=0x0800)) + pkt
+        elif link == "sll2":
+            frame = (0x0800).to_bytes(2, "big") + b"\x00" * 18 + pkt
+        else:
+            frame = pkt
+        w.write(frame)
+    w.close()
+    assert [p for _, p in iter_packets(path.read_bytes())] == [p for _, p in conv.packets]

@@ -198,3 +198,39 @@ def test_dns_injection_wins_the_race_and_other_names_resolve(lab: Lab, tmp_path:
     finally:
         live.finish()
     assert [e["action"] for e in decisions(log)] == ["dns-inject", "dns-inject"]
+
+
+def test_offline_classify_of_a_tcpdump_capture_takes_the_live_decisions(lab: Lab, tmp_path: Path) -> None:
+    """DESIGN: an offline replay of a capture gives the decisions the live censor took (same engine, same rules).
+
+    tcpdump records the router's client-side interface (Ethernet link type) while curl and dig run through the live
+    censor; `redweb classify` on that capture must name the same flows, rules and actions as the live event log.
+    """
+    import json as _json
+    cap = tmp_path / "live.pcap"
+    dump = lab.router.popen(["tcpdump", "-i", lab.path.router_ifs[0], "-U", "-s", "0", "-w", str(cap)])
+    try:
+        wait_for(lambda: cap.exists() and cap.stat().st_size >= 24, "tcpdump to start")
+        live, log = start(lab, tmp_path, residual=2.0)
+        try:
+            lab.https("allowed.example")
+            lab.https("blocked.example")
+            lab.https("allowed.example")      # inside the residual window
+            lab.dig("blocked.example")
+            lab.dig("allowed.example")
+            time.sleep(2.2)
+            lab.https("allowed.example")      # after it
+        finally:
+            live.finish()
+    finally:
+        dump.terminate()
+        dump.wait(timeout=10)
+    profile = sorted(lab.www.parent.glob("profile-*.yaml"))[-1]
+    r = subprocess.run([PY, "-m", "dpi.cli", "classify", str(cap), "--profile", str(profile), "--json"],
+                       capture_output=True, text=True, cwd=str(ROOT), timeout=60)
+    assert r.returncode == 0, r.stderr
+    offline = {(row["client"], row["server"], row["rule"], row["action"])
+               for row in map(_json.loads, r.stdout.splitlines()) if row["rule"]}
+    online = {(e["client"], e["server"], e["rule"], e["action"]) for e in decisions(log)}
+    assert online == offline
+    assert {a for *_, a in online} == {"rst", "residual-rst", "dns-inject"}
