@@ -83,6 +83,7 @@ cdef struct Pkt:
     int ip_len
     int ttl
     int fragment      # 1: this is an IP fragment (first or later): not inspected (T22-5)
+    uint32_t frag_id  # IPv4 identification / IPv6 fragment identification
 
 
 cdef struct Flow:
@@ -123,6 +124,16 @@ cdef struct Flow:
     uint64_t freeze_after
     uint64_t packets
     uint64_t bytes
+
+
+DEF FRAG_SLOTS = 4096
+DEF FRAG_TIMEOUT = 30.0   # seconds a fragment count is kept (Linux's ipfrag_time)
+
+
+cdef struct FragCount:
+    uint64_t key
+    double ts
+    uint32_t count
 
 
 cdef inline uint64_t _mix(uint64_t h) nogil:
@@ -175,6 +186,7 @@ cdef int parse_ip(const uint8_t* b, Py_ssize_t n, Pkt* p) nogil:
         fo = ((b[6] << 8) | b[7])
         if (fo & 0x2000) or (fo & 0x1FFF):
             p.fragment = 1
+            p.frag_id = (b[4] << 8) | b[5]
             if fo & 0x1FFF:
                 return 0      # no L4 header in a later fragment
         off = ihl
@@ -203,6 +215,7 @@ cdef int parse_ip(const uint8_t* b, Py_ssize_t n, Pkt* p) nogil:
                 if off + 8 > total:
                     return 0
                 p.fragment = 1
+                p.frag_id = (<uint32_t>b[off + 4] << 24) | (<uint32_t>b[off + 5] << 16) | (<uint32_t>b[off + 6] << 8) | b[off + 7]
                 if ((b[off + 2] << 8) | b[off + 3]) & 0xFFF8:
                     return 0
                 nh = b[off]
@@ -297,7 +310,8 @@ cdef class Core:
     cdef Inspection ctx
     # configuration
     cdef int reassembly, budget, window, tcp_header_exact, require_syn, parse_both, server_syn_unblocks
-    cdef int triggers_both, udp_window, new_flow_callback
+    cdef int triggers_both, udp_window, new_flow_callback, max_fragments
+    cdef FragCount* frags
     cdef double tcp_idle, udp_idle
     cdef int n_inside
     cdef uint8_t inside_net[MAX_INSIDE][16]
@@ -313,7 +327,8 @@ cdef class Core:
     def __cinit__(self, object policy, *, int max_flows=65536, double tcp_idle=600.0, double udp_idle=60.0,
                   bint reassembly=True, int budget=16384, int window=0, int tcp_header_exact=0,
                   bint require_syn=True, bint parse_both=False, bint server_syn_unblocks=False,
-                  bint triggers_both=False, object inside=(), int udp_window=1, bint new_flow_callback=True):
+                  bint triggers_both=False, object inside=(), int udp_window=1, bint new_flow_callback=True,
+                  int max_fragments=0):
         cdef int i
         cdef uint64_t nb = 1
         if max_flows < 1:
@@ -350,6 +365,10 @@ cdef class Core:
         self.triggers_both = triggers_both
         self.udp_window = min(max(udp_window, 1), UDP_WINDOW_CAP)
         self.new_flow_callback = new_flow_callback
+        self.max_fragments = max_fragments
+        self.frags = <FragCount*>calloc(FRAG_SLOTS, sizeof(FragCount)) if max_fragments > 0 else NULL
+        if max_fragments > 0 and self.frags == NULL:
+            raise MemoryError()
         self.n_inside = 0
         for version, net, plen in inside:
             if self.n_inside >= MAX_INSIDE:
@@ -372,6 +391,8 @@ cdef class Core:
             free(self.flows)
         if self.buckets != NULL:
             free(self.buckets)
+        if self.frags != NULL:
+            free(self.frags)
 
     # ------------------------------------------------------------------ flow table
     cdef inline void _free_buffers(self, Flow* f) nogil:
@@ -680,6 +701,32 @@ cdef class Core:
             self._free_buffers(f)
         return 0
 
+    # ------------------------------------------------------------------ IP fragments (T22-5)
+    cdef int _fragment(self, Pkt* p, double ts) nogil:
+        """Count the fragments of each IP packet; past `max_fragments` they are dropped (T22-5: > 45).
+
+        Fragments are never reassembled for inspection: they are forwarded (or dropped) one by one. A small
+        direct-mapped table is enough: a slot is reused when its packet is older than the reassembly timeout or
+        another packet hashes there (the count then restarts, which errs on the side of forwarding).
+        """
+        cdef uint64_t key
+        cdef FragCount* slot
+        self.n_fragments += 1
+        if self.max_fragments <= 0:
+            return 0
+        key = _mix(_hash_bytes(p.src, p.alen, _hash_bytes(p.dst, p.alen, 0xcbf29ce484222325ULL))
+                   ^ (<uint64_t>p.frag_id << 8) ^ <uint64_t>p.version)
+        slot = &self.frags[key & (FRAG_SLOTS - 1)]
+        if slot.key != key or ts - slot.ts > FRAG_TIMEOUT:
+            slot.key = key
+            slot.ts = ts
+            slot.count = 0
+        slot.count += 1
+        if slot.count > <uint32_t>self.max_fragments:
+            self.n_dropped += 1
+            return V_DROP
+        return 0
+
     # ------------------------------------------------------------------ the packet
     cdef int _process(self, const uint8_t* b, Py_ssize_t n, double ts) except -1:
         cdef Pkt p
@@ -692,9 +739,8 @@ cdef class Core:
         self.n_packets += 1
         if not parse_ip(b, n, &p):
             if p.fragment:
-                self.n_fragments += 1
-            else:
-                self.n_unparsed += 1
+                return self._fragment(&p, ts)
+            self.n_unparsed += 1
             return 0
         h = self._key_hash(&p)
         i = self._find(&p, h, &from_client)
@@ -754,8 +800,7 @@ cdef class Core:
             code = self._decided(f, &p, from_client, ts)
             return code | self._account(f, code)
         if p.fragment:
-            self.n_fragments += 1
-            return 0         # T22-5: fragments are forwarded, never reassembled for inspection
+            return self._fragment(&p, ts)   # T22-5: forwarded, never reassembled for inspection
         if p.payload_len <= 0:
             return 0
         if p.proto == 6:

@@ -27,6 +27,7 @@ class FlowTableConfig:
     max_flows: int = 65536
     idle_timeout: float = 600.0  # T21-6: throttling state released after ~10 min idle
     udp_idle_timeout: float = 60.0  # GQ-1: QUIC flow state lasts 60 s
+    max_fragments: int = 0  # T22-5: IP packets of more than this many fragments are dropped; 0 = no limit
 
 
 @dataclass(frozen=True)

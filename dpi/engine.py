@@ -145,6 +145,7 @@ class Censor:
             inside=[(n.version, n.network_address.packed, n.prefixlen) for n in nets],
             udp_window=1 if (quic.enabled and quic.first_datagram_only and not profile.dns.enabled) else 8,
             new_flow_callback=bool(self._flow_rules) or self._has_residual or record,
+            max_fragments=profile.flows.max_fragments,
         )
 
     # ------------------------------------------------------------------ set-up

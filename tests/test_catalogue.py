@@ -439,12 +439,14 @@ def test_T22_5_ip_fragments_forwarded_without_inspection(profile: str) -> None:
     assert c.counters_snapshot()["fragments"] >= count
 
 
-@pytest.mark.xfail(strict=True, reason="T22-5 not implemented: packets of more than 45 fragments are not dropped "
-                                       "(the core forwards every fragment); see rules/tspu-2022.yaml")
 def test_T22_5_more_than_45_fragments_dropped() -> None:
     packets, at, count = _fragmented_clienthello_flow(24)
     assert count > 45
-    assert replay(censor("tspu-2022"), packets).dropped()
+    out = replay(censor("tspu-2022"), packets)
+    assert out.dropped()
+    # exactly the fragments past the 45th are dropped; the first 45 and the rest of the flow pass
+    dropped = [i for i, d in enumerate(out.decisions) if d.verdict]
+    assert dropped == list(range(at + 45, at + count))
 
 
 @pytest.mark.parametrize("profile", T22)

@@ -309,3 +309,15 @@ def test_pcap_link_types_reach_the_same_ip_packets(tmp_path, link):
         w.write(frame)
     w.close()
     assert [p for _, p in iter_packets(path.read_bytes())] == [p for _, p in conv.packets]
+
+
+def test_fragment_count_limit_drops_past_the_limit_per_ip_packet():
+    """T22-5: packets of more than N fragments are dropped; other packets' fragments are unaffected."""
+    from scapy.layers.inet import IP, TCP, fragment
+    core = _core.Core(Recorder(), max_fragments=3)
+    big = [bytes(f) for f in fragment(IP(src=C, dst=S, id=7) / TCP(sport=1, dport=443) / (b"A" * 2000), fragsize=400)]
+    small = [bytes(f) for f in fragment(IP(src=C, dst=S, id=8) / TCP(sport=1, dport=443) / (b"B" * 600), fragsize=400)]
+    assert len(big) == 6 and len(small) == 2
+    assert [core.process(f, 0.0) & 1 for f in big] == [0, 0, 0, 1, 1, 1]
+    assert [core.process(f, 0.0) & 1 for f in small] == [0, 0]
+    assert core.n_fragments == 8
