@@ -29,6 +29,7 @@ DEF S_DROP = 2        # blackholed: every packet dropped
 DEF S_THROTTLE = 3    # policed per direction (T21-4)
 DEF S_FREEZE = 4      # dropped once N bytes server->client passed (T25-1)
 DEF S_WATCH = 5       # decided, but packets stay in user space without inspection (e.g. pending injections)
+DEF S_DROP_UP = 6     # client-to-server packets dropped, server-to-client pass (GE-1); stays in user space
 
 # ---- results of policy callbacks ----
 DEF R_CONTINUE = 0
@@ -49,7 +50,7 @@ DEF TH_ACK = 0x10
 DEF MAX_INSIDE = 64
 DEF UDP_WINDOW_CAP = 32
 
-STATE_NAMES = {0: "inspect", 1: "accept", 2: "drop", 3: "throttle", 4: "freeze", 5: "watch"}
+STATE_NAMES = {0: "inspect", 1: "accept", 2: "drop", 3: "throttle", 4: "freeze", 5: "watch", 6: "drop-up"}
 DIRECTION_NAMES = {1: "outbound", 2: "inbound", 3: "domestic", 4: "transit"}
 RESULT_CONTINUE = R_CONTINUE
 RESULT_RELEASE = R_RELEASE
@@ -60,6 +61,7 @@ STATE_DROP = S_DROP
 STATE_THROTTLE = S_THROTTLE
 STATE_FREEZE = S_FREEZE
 STATE_WATCH = S_WATCH
+STATE_DROP_UP = S_DROP_UP
 DIR_OUTBOUND = D_OUTBOUND
 DIR_INBOUND = D_INBOUND
 DIR_DOMESTIC = D_DOMESTIC
@@ -612,6 +614,8 @@ cdef class Core:
             return V_DROP | (M_DROP << MARK_SHIFT)
         if st == S_THROTTLE:
             return self._police(f, 0 if from_client else 1, p.ip_len, ts)
+        if st == S_DROP_UP:
+            return V_DROP if from_client else 0
         if st == S_FREEZE:
             if f.s2c_bytes >= f.freeze_after:
                 self.n_frozen += 1

@@ -147,6 +147,7 @@ class Action:
     drop_trigger: bool = False  # in-path censors may also drop the packet that triggered
     # blackhole
     include_trigger: bool = True  # GQ-2: False lets the triggering Initial pass
+    blackhole_direction: Literal["both", "client-to-server"] = "both"  # GE-1 dropped client-to-server only
     # dns-inject
     dns_mode: Literal["on-path", "in-path"] = "on-path"  # GD-1: on-path races; in-path replaces the answer
     pool_a: tuple[str, ...] = ()

@@ -467,7 +467,7 @@ class Censor:
             ctx.state = _core.STATE_INSPECT if ctx.proto == 6 else _core.STATE_ACCEPT
             ctx.verdict = DROP
         elif t == "blackhole":
-            ctx.state = _core.STATE_DROP
+            ctx.state = _core.STATE_DROP if a.blackhole_direction == "both" else _core.STATE_DROP_UP
             ctx.verdict = DROP if a.include_trigger else ACCEPT
         elif t == "rst":
             self._inject_rsts(ctx, a)

@@ -961,7 +961,7 @@ def _match(sink: _Sink, node: Node, rule: str, label: str, refs: list[_ListRef],
 _ACTION_PARAMS: dict[str, dict[str, str]] = {
     "accept": {},
     "drop": {},
-    "blackhole": {"include_trigger": "include_trigger"},
+    "blackhole": {"include_trigger": "include_trigger", "direction": "blackhole_direction"},
     "rst": {"to": "rst_to", "injector": "injector", "drop_trigger": "drop_trigger"},
     "dns-inject": {"mode": "dns_mode", "pool_a": "pool_a", "pool_aaaa": "pool_aaaa", "order": "pool_order",
                    "ttl": "dns_ttl"},
@@ -1026,6 +1026,8 @@ def _action_param(sink: _Sink, key: str, node: Node, label: str) -> Any:
         return _bool(sink, node, what)
     if key == "mode":
         return _choice(sink, node, what, ("on-path", "in-path"))
+    if key == "direction":
+        return _choice(sink, node, what, ("both", "client-to-server"))
     if key == "order":
         return _choice(sink, node, what, ("cycle", "random"))
     if key in ("pool_a", "pool_aaaa"):

@@ -662,7 +662,10 @@ def test_G_E_must_not_evade_tcp_segmentation(profile: str, name: str) -> None:
 def test_GE_1_esni_clienthello_dropped_silently_on_any_port(port: int) -> None:
     flow = tcp_flow(C, S, with_esni(hello("example.org")), sport=port)
     out = replay(censor("gfw-esni"), flow.conv.packets)
-    assert out.dropped() == list(range(flow.marks["data"], len(out.packets))) and not out.injected
+    from_client = [i for i, pkt in enumerate(out.packets) if IP(pkt).src == C]
+    # only client-to-server packets are dropped, from the trigger on; the server's packets still arrive
+    assert out.dropped() == [i for i in from_client if i >= flow.marks["data"]] and not out.injected
+    assert any(IP(out.packets[i]).src == S for i in range(flow.marks["data"], len(out.packets)))
     assert out.fired == [("esni-drop", "blackhole")]
 
 
