@@ -430,11 +430,20 @@ class Censor:
         rec = self._record(ctx)
         if rec is not None and (obs.kind != "unknown" or not rec.observation):
             rec.observation = obs.names()
+        injected_dns = False
         for rule in self._payload_rules:
             if self._flow_conditions(rule, ctx) and self._payload_conditions(rule, obs, ctx) and self._draw(rule):
+                if rule.rule.action.type == "dns-inject":
+                    # GD-1: several injectors race; every matching dns-inject rule sends its own answer
+                    self._fire(rule, ctx, obs)
+                    injected_dns = True
+                    continue
+                if injected_dns:
+                    continue
                 self._fire(rule, ctx, obs)
                 return
-        ctx.result = self._undecided(ctx, obs)
+        if not injected_dns:
+            ctx.result = self._undecided(ctx, obs)
 
     def _undecided(self, ctx: Any, obs: Observation) -> int:
         """No rule fired: keep looking (partial first flight, inspection window) or release the flow."""
@@ -474,8 +483,9 @@ class Censor:
             ctx.state = _core.STATE_DROP if a.drop_trigger else _core.STATE_ACCEPT
             ctx.verdict = DROP if a.drop_trigger else ACCEPT
         elif t == "dns-inject":
+            lo, hi = a.injector.ttl
             forged = forge_dns_response(ctx.packet, a_pool=c.pool_a, aaaa_pool=c.pool_aaaa, ttl=a.dns_ttl,
-                                        rng=self.rng) if ctx.from_client else None
+                                        ip_ttl=self.rng.randint(lo, hi), rng=self.rng) if ctx.from_client else None
             if forged is not None:
                 self.core.inject.append((0.0, forged))
             # a DNS flow stays under inspection: the next query on the same ports is judged again

@@ -964,7 +964,7 @@ _ACTION_PARAMS: dict[str, dict[str, str]] = {
     "blackhole": {"include_trigger": "include_trigger", "direction": "blackhole_direction"},
     "rst": {"to": "rst_to", "injector": "injector", "drop_trigger": "drop_trigger"},
     "dns-inject": {"mode": "dns_mode", "pool_a": "pool_a", "pool_aaaa": "pool_aaaa", "order": "pool_order",
-                   "ttl": "dns_ttl"},
+                   "ttl": "dns_ttl", "injector": "injector"},
     "throttle": {"rate_kbps": "rate_bps", "rate_bps": "rate_bps", "burst_bytes": "burst_bytes"},
     "freeze": {"after_bytes": "after_bytes"},
 }

@@ -910,9 +910,24 @@ def dns_answer(profile: str | Profile, name: str, qtype: str = "A", *, client: s
     d = c.process(udp_packet(client, resolver, sport, 53, dnslib_query(name, qtype, query_id=qid)), 0.0)
     if not d.inject:
         return d.verdict, None, None
-    ((delay, pkt),) = d.inject
-    assert delay == 0.0  # GD-1: sent at once, so it beats the resolver's answer
+    assert all(delay == 0.0 for delay, _ in d.inject)  # GD-1: sent at once, so they beat the resolver's answer
+    pkt = d.inject[0][1]  # the first injector's answer is the one the client takes
     return d.verdict, dnslib.DNSRecord.parse(bytes(IP(pkt)[UDP].payload)), pkt
+
+
+def test_GD_1_several_injectors_each_with_its_own_fingerprint() -> None:
+    """Every injector of gfw-dns answers the same query; their IP TTLs fall in their own ranges."""
+    c = censor("gfw-dns")
+    injectors = [r for r in bundled("gfw-dns").rules if r.action.type == "dns-inject"]
+    assert len(injectors) >= 2
+    for i in range(20):
+        d = c.process(udp_packet(C, RESOLVER, 36000 + i, 53, dnslib_query("facebook.com", query_id=i)), float(i))
+        assert len(d.inject) == len(injectors) and d.verdict == ACCEPT
+        for rule, (_, pkt) in zip(injectors, d.inject):
+            lo, hi = rule.action.injector.ttl
+            assert lo <= IP(pkt).ttl <= hi
+            assert dnslib.DNSRecord.parse(bytes(IP(pkt)[UDP].payload)).header.id == i
+    assert [e["rule"] for e in d.events] == [r.name for r in injectors]
 
 
 @pytest.mark.parametrize("profile, name", [("gfw-dns", "www.facebook.com"), ("redweb", "facebook.com")])
@@ -1089,7 +1104,7 @@ def test_redweb_keeps_T21_5_with_a_rule_condition_and_the_gfw_parser() -> None:
     """The composition's trade-offs, as documented: triggers both, throttling outbound only, GFW parser."""
     p = bundled("redweb")
     assert p.triggers == "both" and p.tcp.reassembly and not p.tcp.whole_clienthello and p.tcp.window == 0
-    assert [r.name for r in p.rules] == ["throttle-twitter", "sni-reset", "host-reset", "quic-sni", "dns-inject"]
+    assert [r.name for r in p.rules] == ["throttle-twitter", "sni-reset", "host-reset", "quic-sni", "dns-inject", "dns-inject-2"]
     ch = hello("twitter.com")
     # the TSPU-2021 parser evasions no longer work against the throttling (GFW parser) ...
     assert throttled(replay(censor("redweb"), tcp_flow(C, S, [ch[:200], ch[200:]]).conv.packets))
