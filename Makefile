@@ -63,7 +63,7 @@ reproduce: build
 # Remove rules, namespaces and processes a killed run may have left behind.
 cleanup:
 	-$(VENV)/bin/redweb cleanup
-	-mn -c >/dev/null 2>&1
+	-$(VENV)/bin/redweb lab --cleanup
 
 clean:
 	rm -rf build $(STAMPS) dpi/*.so dpi/*.c *.egg-info

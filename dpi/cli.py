@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_cleanup_arguments(s)
     s.set_defaults(func=_run_module("dpi.run", "cleanup_main"))
 
+    from dpi.lab import add_lab_arguments  # standard library only: cheap to import
+    s = sub.add_parser("lab", help="Mininet lab with real services and the censor (needs root)")
+    add_lab_arguments(s)
+    s.set_defaults(func=_run_module("dpi.lab", "lab_main"))
+
     s = sub.add_parser("bench", help="benchmarks, each with its baseline measured in the same run")
     s.add_argument("what", choices=["classify", "rules", "inline"])
     s.add_argument("--json", action="store_true")

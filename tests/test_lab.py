@@ -1,0 +1,387 @@
+"""`redweb lab` and `redweb demo`: the lab CA, the services answering through the censor, the demo's table, and a
+tear-down that leaves nothing behind (links, namespaces, iptables rules, processes) after a normal end,
+SIGTERM, Ctrl-C, or even SIGKILL followed by the next lab's sweep."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dpi import demo
+from dpi.lab import (CurlResult, DigResult, Lab, LabConfig, LabError, STATE_DIR, lab_state_clean, parse_script,
+                     sweep_dead_labs)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO / "topologies"))
+import labca  # noqa: E402
+import webserver  # noqa: E402
+
+try:
+    import mininet.net  # noqa: F401
+    HAVE_MININET = True
+except ImportError:
+    HAVE_MININET = False
+
+needs_lab = pytest.mark.skipif(os.geteuid() != 0 or not HAVE_MININET or shutil.which("mnexec") is None
+                               or shutil.which("dnsmasq") is None,
+                               reason="needs root, Mininet and the lab's programs (make setup)")
+
+
+# ---------------------------------------------------------------------------------------------- lab CA
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, sni: str) -> None:
+    """A full TLS handshake between two real `ssl` endpoints over memory BIOs."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=sni)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"c": False, "s": False}
+    for _ in range(10):
+        for side, obj in (("c", client), ("s", server)):
+            if not done[side]:
+                try:
+                    obj.do_handshake()
+                    done[side] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_lab_ca_certificate_verifies_every_lab_name_and_nothing_else(tmp_path: Path) -> None:
+    certs = labca.make_lab_ca(tmp_path, ["twitter.com", "example.org"], ["10.200.1.1"])
+    server = webserver.make_context(str(certs.server_cert), str(certs.server_key))
+    client = ssl.create_default_context(cafile=str(certs.ca_cert))
+    _handshake(server, client, "twitter.com")
+    _handshake(server, client, "abs.twitter.com")  # *.name covers subdomains
+    _handshake(server, client, "example.org")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server, client, "wikipedia.org")
+    # The system trust store does not know the lab CA: nothing outside the lab trusts it.
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server, ssl.create_default_context(), "twitter.com")
+    assert oct(certs.server_key.stat().st_mode & 0o777) == "0o600"
+
+
+def test_web_server_body_sizes() -> None:
+    assert webserver.parse_size("1000") == 1000
+    assert webserver.parse_size("3m") == 3_000_000
+    assert webserver.parse_size("-1") is None and webserver.parse_size("x") is None
+    assert webserver.parse_size("99999999999999") is None
+    assert len(webserver.CHUNK) == 65536
+
+
+# ------------------------------------------------------------------------------------------- lab script
+
+def test_parse_script_skips_comments_and_names_bad_lines() -> None:
+    text = "# setup\n\nc1 labcurl https://example.org/\n  censor   iptables -S  \n"
+    assert parse_script(text) == [("c1", "labcurl https://example.org/"), ("censor", "iptables -S")]
+    with pytest.raises(ValueError, match="line 2"):
+        parse_script("c1 true\nc2\n")
+
+
+def test_lab_refuses_non_root_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("needs root and setpriv to drop to an unprivileged user")
+    script = tmp_path / "s.txt"
+    script.write_text("c1 true\n")
+    script.chmod(0o644)
+    tmp_path.chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for argv in (["-m", "dpi.lab", "--script", str(script)],
+                 ["-c", "import argparse,sys; from dpi.demo import main; "
+                        "sys.exit(main(argparse.Namespace(profile='gfw')))"]):
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, *argv],
+                           capture_output=True, text=True, env=env, cwd="/", timeout=60)
+        assert r.returncode == 2, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "root" in lines[0], r.stderr
+
+
+# ------------------------------------------------------------------------------------ demo classification
+
+def _curl(rc: int, size: int = 0, speed: float = 0.0, code: int = 0, error: str = "") -> CurlResult:
+    return CurlResult(rc=rc, http_code=code, size=size, speed_bps=speed, seconds=1.0, error=error)
+
+
+def test_classify_curl_outcomes() -> None:
+    assert demo.classify_curl(_curl(0, 3_000_000, 100e6, 200)).kind == "allowed"
+    assert demo.classify_curl(_curl(35, error="curl: (35) Recv failure: Connection reset by peer")).kind == "reset"
+    assert demo.classify_curl(_curl(56)).kind == "reset"
+    assert demo.classify_curl(_curl(7, error="Failed to connect: Connection refused")).kind == "reset"
+    assert demo.classify_curl(_curl(7, error="Failed to connect: No route to host")).kind == "error"
+    assert demo.classify_curl(_curl(28)).kind == "timeout"
+    t = demo.classify_curl(_curl(28, 105_000, 17_500.0, 200, "Operation timed out after 6000 ms"))
+    assert t.kind == "throttled" and t.detail == "140 kbit/s"  # T21-4's rate, as the client measured it
+    f = demo.classify_curl(_curl(28, 16_384, 2_700.0, 200, "Operation too slow. Less than 1 bytes/sec"))
+    assert f.kind == "frozen" and "16 KB" in f.detail  # T25-1
+    assert demo.classify_curl(_curl(60)).kind == "error"
+
+
+def test_classify_quic_and_dns_outcomes() -> None:
+    assert demo.classify_quic({"result": "ok", "bytes": 10**6, "speed_bps": 6e6}).kind == "allowed"
+    assert demo.classify_quic({"result": "ok", "bytes": 10**6, "speed_bps": 17e3}).kind == "throttled"
+    assert demo.classify_quic({"result": "timeout", "bytes": 0, "handshake": False}).cell() == "timed out"
+    assert demo.classify_quic({"result": "error", "error": "boom"}).kind == "error"
+    assert demo.classify_dns(DigResult(0, "NOERROR", ("10.200.1.2",)), "10.200.1.2").kind == "allowed"
+    p = demo.classify_dns(DigResult(0, "NOERROR", ("192.0.2.17",)), "10.200.1.2")
+    assert p.kind == "poisoned" and p.detail == "192.0.2.17"  # GD-1: the forged answer won the race
+    assert demo.classify_dns(DigResult(9, "", ()), "10.200.1.2").kind == "timeout"
+    assert demo.classify_dns(DigResult(0, "NXDOMAIN", ()), "10.200.1.2").kind == "poisoned"
+
+
+def test_rules_by_name_reads_the_event_log(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join([
+        json.dumps({"event": "start"}),
+        json.dumps({"event": "rule", "rule": "sni-reset", "action": "rst", "names": {"kind": "tls",
+                                                                                      "sni": ["Twitter.com"]}}),
+        json.dumps({"event": "rule", "rule": "host-reset", "names": {"kind": "http", "http_host": "twitter.com"}}),
+        json.dumps({"event": "rule", "rule": "sni-reset", "names": {"sni": ["twitter.com"]}}),
+        "not json",
+    ]) + "\n")
+    fired = demo.rules_by_name(log, ["twitter.com", "example.org"])
+    assert fired == {"twitter.com": ["sni-reset", "host-reset"], "example.org": []}
+    assert demo.event_summary(log).startswith("4 events")
+
+
+def test_resolve_profile_falls_back_and_rejects_unknown() -> None:
+    names = [n for n in demo.bundled_profile_names()]
+    if "gfw" not in names:
+        pytest.skip("the gfw profile is not bundled")
+    assert demo.resolve_profile("gfw") == ("gfw", None)
+    used, note = demo.resolve_profile("redweb")
+    assert used == ("redweb" if "redweb" in names else "gfw")
+    assert (note is None) == ("redweb" in names)
+    with pytest.raises(LabError) as e:
+        demo.resolve_profile("no-such-profile")
+    assert e.value.code == 2
+
+
+# ------------------------------------------------------------------------------------- real labs (root)
+
+LAB_LINK = re.compile(r"-eth\d+$|^(rw|r[0-9a-f]{3})(acc|dom|wan)\d+$")  # Mininet veths and the lab's bridges
+
+
+def _root_state() -> dict[str, object]:
+    """What a lab could leave on the machine: links, named namespaces, host iptables rules, lab state files.
+
+    Only lab-shaped links count, and namespaces of tests/netns.py (`rwt...`) are ignored: other integration
+    tests may run at the same time on this machine.
+    """
+    def run(*argv: str) -> str:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+
+    return {"links": sorted(n for n in os.listdir("/sys/class/net") if LAB_LINK.search(n)),
+            "netns": sorted(ln.split()[0] for ln in run("ip", "netns", "list").splitlines()
+                            if ln.strip() and not ln.startswith("rwt")),
+            "iptables": run("iptables", "-S").splitlines(), "ip6tables": run("ip6tables", "-S").splitlines(),
+            "state": sorted(p.name for p in STATE_DIR.glob("*.json")) if STATE_DIR.exists() else []}
+
+
+@pytest.fixture(scope="module")
+def gfw_lab(tmp_path_factory):
+    if os.geteuid() != 0 or not HAVE_MININET:
+        pytest.skip("needs root and Mininet")
+    before = _root_state()
+    lab = Lab(LabConfig(topo="isp", profile="gfw", clients=1, workdir=tmp_path_factory.mktemp("gfwlab"),
+                        names=("example.org", "twitter.com", "www.bbc.com", "bbc.com")))
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab_id = lab.lab_id
+        lab.stop()
+        assert _root_state() == before, "the lab left something behind"
+        assert lab_state_clean(lab_id) == []
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_https_allowed_name_through_the_censor(gfw_lab: Lab) -> None:
+    r = gfw_lab.run("c1", ["curl", "-sS", "--cacert", str(gfw_lab.ca), "--resolve",
+                           f"example.org:443:{gfw_lab.addr('example.org')}", "https://example.org/"])
+    assert r.rc == 0, r.stderr
+    assert "sni: example.org" in r.stdout and "host: example.org" in r.stdout
+    # IPv6 and plain HTTP reach the same server; the helper resolves through the lab resolver.
+    assert gfw_lab.curl("c1", "https://example.org/bytes/100000", family=6).size == 100_000
+    r = gfw_lab.run("c1", "labcurl -sS http://example.org/health")
+    assert r.rc == 0 and r.stdout == "ok\n", r.stderr
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_blocked_name_is_reset_and_logged(gfw_lab: Lab) -> None:
+    """G-1/G-3: twitter.com is on the gfw TLS and HTTP lists: the client sees a reset, the censor logs it."""
+    https = gfw_lab.curl("c1", "https://twitter.com/", max_time=5)
+    assert https.rc in demo.RESET_CODES, https
+    http = gfw_lab.curl("c1", "http://twitter.com/", max_time=5)
+    assert http.rc in demo.RESET_CODES or http.rc == 7, http
+    # G-2 exact form: =www.bbc.com blocks www.bbc.com but not bbc.com.
+    assert gfw_lab.curl("c1", "https://www.bbc.com/", max_time=5).rc in demo.RESET_CODES
+    assert gfw_lab.curl("c1", "https://bbc.com/", max_time=5).rc == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        fired = demo.rules_by_name(gfw_lab.event_log, ["twitter.com"])["twitter.com"]
+        if "sni-reset" in fired:
+            break
+        time.sleep(0.1)
+    assert "sni-reset" in fired
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_domestic_traffic_is_never_censored(gfw_lab: Lab) -> None:
+    """The same blocked name served from the domestic network (inside <-> inside) is not censored."""
+    r = gfw_lab.curl("c1", "https://twitter.com/bytes/50000", addr=gfw_lab.layout.domestic_addr[0], max_time=5)
+    assert r.rc == 0 and r.size == 50_000, r
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_dns_quic_iperf3_services_answer(gfw_lab: Lab) -> None:
+    for qtype, family in (("A", 4), ("AAAA", 6)):
+        d = gfw_lab.dig("c1", "twitter.com", qtype)
+        assert d.status == "NOERROR" and d.answers == (gfw_lab.addr("twitter.com", family),)
+    q = gfw_lab.h3("c1", "https://example.org/bytes/200000")
+    assert q["result"] == "ok" and q["status"] == 200 and q["bytes"] == 200_000, q
+    r = gfw_lab.run("c1", "h3get https://example.org/health")
+    assert r.rc == 0 and json.loads(r.stdout)["result"] == "ok", r.stdout + r.stderr
+    r = gfw_lab.run("c1", ["iperf3", "-c", gfw_lab.layout.web_addr[0], "-t", "1", "-J"], timeout=30)
+    assert r.rc == 0, r.stdout[-500:]
+    assert json.loads(r.stdout)["end"]["sum_received"]["bytes"] > 0
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_metrics_are_served_in_the_censor_namespace(gfw_lab: Lab) -> None:
+    text = gfw_lab.metrics_text()
+    assert "# TYPE" in text and "redweb" in text
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_lab_started_twice_in_a_row(tmp_path: Path) -> None:
+    before = _root_state()
+    for i in range(2):
+        with Lab(LabConfig(topo="inline", profile="gfw", names=("example.org", "twitter.com"),
+                           workdir=tmp_path / f"run{i}")) as lab:
+            assert lab.curl("c1", "https://example.org/").rc == 0
+            assert lab.curl("c1", "https://twitter.com/", max_time=5).rc in demo.RESET_CODES
+        assert _root_state() == before
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_bad_profile_fails_before_anything_starts(tmp_path: Path) -> None:
+    before = _root_state()
+    with pytest.raises(LabError) as e:
+        Lab(LabConfig(topo="inline", profile="no-such-profile", workdir=tmp_path)).start()
+    assert e.value.code == 2 and "no-such-profile" in str(e.value)
+    assert _root_state() == before
+
+
+def _start_script_lab(tmp_path: Path, script: str) -> tuple[subprocess.Popen[str], Path]:
+    f = tmp_path / "script.txt"
+    f.write_text(script)
+    out = tmp_path / "lab.out"
+    with open(out, "w") as sink:  # the child keeps its own copy of the descriptor
+        p = subprocess.Popen([sys.executable, "-m", "dpi.lab", "--topo", "isp", "--profile", "gfw", "--script",
+                              str(f), "--workdir", str(tmp_path / "work")], stdout=sink, stderr=subprocess.STDOUT,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)), text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and "c1$ sleep" not in out.read_text():
+        assert p.poll() is None, out.read_text()
+        time.sleep(0.1)
+    time.sleep(0.3)  # the command runs
+    return p, out
+
+
+@needs_lab
+@pytest.mark.mininet
+@pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_tears_everything_down(tmp_path: Path, sig: int, rc: int) -> None:
+    before = _root_state()
+    p, out = _start_script_lab(tmp_path, "c1 sleep 120 & sleep 120\n")
+    p.send_signal(sig)
+    assert p.wait(60) == rc, out.read_text()
+    assert "tearing down" in out.read_text()
+    assert _root_state() == before
+    assert lab_state_clean(owner_pid=p.pid) == [], "processes of the lab survived"
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_sigkill_leftovers_are_swept_by_the_next_lab(tmp_path: Path) -> None:
+    before = _root_state()
+    p, out = _start_script_lab(tmp_path, "c1 sleep 120\n")
+    p.kill()
+    p.wait(10)
+    assert lab_state_clean(owner_pid=p.pid) != [], "a killed lab leaves processes (this is what the sweep is for)"
+    assert sweep_dead_labs() > 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _root_state() != before:
+        time.sleep(0.1)  # namespaces are destroyed asynchronously after their last process
+    assert _root_state() == before
+    assert lab_state_clean(owner_pid=p.pid) == []
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_demo_table_matches_the_gfw_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo (what `make demo` runs) on gfw: blocked names reset over HTTP and HTTPS (G-1, G-3), the control
+    name allowed everywhere, the domestic row allowed."""
+    rc = demo.main(argparse.Namespace(profile="gfw", out=str(tmp_path), names=("example.org", "twitter.com")))
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    rows = {cells[0]: cells for line in text.splitlines() if (cells := re.split(r"\s{2,}", line.strip()))}
+    header = rows["name"]
+    assert header[:5] == ["name", "DNS", "HTTP", "HTTPS", "QUIC"], text
+    assert rows["example.org"][1:] == ["allowed"] * 4 + ["-"], text
+    tw = rows["twitter.com"]
+    assert tw[1:4] == ["allowed", "reset", "reset"], text  # gfw leaves DNS alone; HTTP and HTTPS are reset
+    assert "sni-reset" in tw[5] and "host-reset" in tw[5]
+    assert rows["twitter.com @domestic"][1:] == ["-", "allowed", "allowed", "allowed", "-"], text
+    assert (tmp_path / "events.jsonl").exists() and "redweb_" in (tmp_path / "metrics.prom").read_text()
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_demo_measures_throttling_for_tspu_2021(tmp_path: Path) -> None:
+    """T21-1/T21-4: twitter.com and the `t.co` collateral reddit.com are throttled over HTTPS (the client's
+    measured rate is shown); HTTP and the control name are not."""
+    if "tspu-2021" not in demo.bundled_profile_names():
+        pytest.skip("tspu-2021 is not bundled")
+    rows = {label: row for label, row, _rules in demo.run_demo("tspu-2021", tmp_path,
+                                                               names=("example.org", "reddit.com"),
+                                                               say=lambda *_: None)}
+    assert rows["reddit.com"]["HTTPS"].kind == "throttled", rows
+    assert rows["reddit.com"]["HTTPS"].detail.endswith("kbit/s")
+    assert rows["reddit.com"]["HTTP"].kind == "allowed"
+    assert rows["example.org"]["HTTPS"].kind == "allowed"
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_demo_shows_dns_poisoning_and_quic_blocking_for_redweb(tmp_path: Path) -> None:
+    """The default profile: facebook.com is poisoned in DNS (GD-1), reset over HTTP/HTTPS (G-1, G-3) and its
+    QUIC flow dies after the Initial (GQ-2); each outcome is what the real client saw."""
+    if "redweb" not in demo.bundled_profile_names():
+        pytest.skip("the redweb profile is not bundled")
+    rows = {label: row for label, row, _rules in demo.run_demo("redweb", tmp_path, names=("facebook.com",),
+                                                               say=lambda *_: None)}
+    fb = rows["facebook.com"]
+    assert fb["DNS"].kind == "poisoned" and fb["DNS"].detail != "", fb
+    assert (fb["HTTP"].kind, fb["HTTPS"].kind, fb["QUIC"].kind) == ("reset", "reset", "timeout"), fb
