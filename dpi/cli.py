@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_cleanup_arguments(s)
     s.set_defaults(func=_run_module("dpi.run", "cleanup_main"))
 
+    from dpi.probe import add_probe_arguments
+    s = sub.add_parser("probe", help="one fetch with one evasion strategy: did it get through the censor?")
+    add_probe_arguments(s)
+    s.set_defaults(func=_run_module("dpi.probe", "probe_main"))
+
     from dpi.lab import add_lab_arguments  # standard library only: cheap to import
     s = sub.add_parser("lab", help="Mininet lab with real services and the censor (needs root)")
     add_lab_arguments(s)
