@@ -291,6 +291,11 @@ class _Proc:
     log: Path
 
 
+# `redweb` itself inside lab hosts (e.g. `c1 redweb probe ...`), whatever the caller's PATH
+REDWEB = """#!/bin/sh
+exec {python} -m dpi.cli "$@"
+"""
+
 LABCURL = """#!/bin/sh
 # labcurl [curl options] URL [curl options]: resolve the URL's name at the lab resolver, then curl it with
 # --resolve (Mininet hosts share the machine's /etc/hosts) and the lab CA trusted. LABCURL_FAMILY=6: AAAA.
@@ -476,7 +481,8 @@ class Lab:
     def _write_helpers(self) -> None:
         fmt = {"resolver": self.resolver, "ca": shlex.quote(str(self.ca)), "python": shlex.quote(sys.executable),
                "client": shlex.quote(str(TOPOLOGY_DIR / "h3client.py"))}
-        for name, text in (("labcurl", LABCURL), ("labresolve", LABRESOLVE), ("h3get", H3GET)):
+        for name, text in (("labcurl", LABCURL), ("labresolve", LABRESOLVE), ("h3get", H3GET),
+                           ("redweb", REDWEB)):
             p = self.workdir / "bin" / name
             p.write_text(text.format(**fmt))
             p.chmod(0o755)
