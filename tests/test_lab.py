@@ -197,7 +197,7 @@ def gfw_lab(tmp_path_factory):
         pytest.skip("needs root and Mininet")
     before = _root_state()
     lab = Lab(LabConfig(topo="isp", profile="gfw", clients=1, workdir=tmp_path_factory.mktemp("gfwlab"),
-                        names=("example.org", "twitter.com", "www.bbc.com", "bbc.com")))
+                        names=("example.org", "twitter.com", "www.bbc.com", "bbc.com", "www.youtube.com")))
     lab.start()
     try:
         yield lab
@@ -262,6 +262,20 @@ def test_dns_quic_iperf3_services_answer(gfw_lab: Lab) -> None:
     r = gfw_lab.run("c1", ["iperf3", "-c", gfw_lab.layout.web_addr[0], "-t", "1", "-J"], timeout=30)
     assert r.rc == 0, r.stdout[-500:]
     assert json.loads(r.stdout)["end"]["sum_received"]["bytes"] > 0
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_redweb_probe_runs_in_a_lab_host_and_sees_the_censor(gfw_lab: Lab) -> None:
+    """`c1 redweb probe ...` works inside the lab (redweb is on the hosts' PATH) and reports the reset (G-3)."""
+    def probe(strategy: str, name: str) -> dict:
+        r = gfw_lab.run("c1", ["redweb", "probe", "--strategy", strategy, "--json", "--timeout", "5",
+                               "--resolve", f"{name}:{gfw_lab.addr(name)}", f"https://{name}/"], timeout=30)
+        return json.loads(r.stdout)
+    assert probe("none", "example.org")["outcome"] == "ok"
+    # www.youtube.com is used by no other test of this lab: no residual (G-4) from them can interfere
+    assert probe("tls-record-frag", "www.youtube.com")["outcome"] == "ok"  # G-E: record fragmentation evades
+    assert probe("none", "www.youtube.com")["outcome"] == "reset"
 
 
 @needs_lab
