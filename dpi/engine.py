@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from dpi import _core, _extract
-from dpi.config import Action, ListSpec, Match, Profile, Rule
+from dpi.config import Action, ListSpec, Profile, Rule
 from dpi.decision import ACCEPT, DROP, Decision
 from dpi.forge import AddressPool, forge_dns_response, forge_rsts
 from dpi.lists import load_list, parse_list_text

@@ -66,7 +66,7 @@ def _addresses(src: str, dst: str) -> tuple[int, bytes, bytes]:
             return 6, socket.inet_pton(socket.AF_INET6, src), socket.inet_pton(socket.AF_INET6, dst)
         return 4, socket.inet_pton(socket.AF_INET, src), socket.inet_pton(socket.AF_INET, dst)
     except OSError:
-        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)  # raises ValueError for bad text
+        ipaddress.ip_address(src), ipaddress.ip_address(dst)  # raises ValueError naming the bad address
         raise ValueError(f"mixed address families: {src} -> {dst}") from None
 
 

@@ -251,7 +251,7 @@ def _parse_network(text: str) -> Network:
     """An address or CIDR; raises PatternError with a fix (host bits set, ranges, garbage)."""
     try:
         return ipaddress.ip_network(text, strict=True)
-    except ValueError as exc:
+    except ValueError:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:

@@ -16,7 +16,6 @@ they exist, because the engine parses them when it compiles its matchers.
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import typing
@@ -26,7 +25,7 @@ from types import ModuleType
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode
 
 from dpi import config
 from dpi.config import (
@@ -45,6 +44,29 @@ from dpi.config import (
     Residual,
     Rule,
     TcpInspection,
+)
+
+from dpi.yamlread import (  # module-private aliases: the readers below stay short
+    Bad as _Bad,
+    Sink as _Sink,
+    line_of as _line,
+    did_you_mean as _did_you_mean,
+    one_of as _one_of,
+    kind_of as _kind,
+    mapping_items as _items,
+    unknown_key as _unknown_key,
+    read_text as _text,
+    read_bool as _bool,
+    read_int as _int,
+    read_number as _number,
+    read_choice as _choice,
+    read_seq as _seq,
+    read_texts as _texts,
+    read_ints as _ints,
+    read_network as _network,
+    read_address as _address,
+    BAD,
+    ProfileIssue,
 )
 
 __all__ = [
@@ -83,17 +105,6 @@ _IP_FORMATS = frozenset({"ip"})  # formats that yield networks only
 # Public types
 
 
-@dataclass(frozen=True)
-class ProfileIssue:
-    """One problem in a profile (or in a list it loads), located and with the fix spelled out."""
-
-    file: str
-    line: int
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message} (fix: {self.fix})"
 
 
 class ProfileError(Exception):
@@ -148,251 +159,6 @@ def bundled_profiles() -> list[tuple[str, Path, str]]:
     for path in sorted(RULES_DIR.glob("*.yaml"), key=lambda p: p.stem):
         found.append((path.stem, path, _read_summary(path)))
     return found
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Issue collection and YAML node helpers
-
-
-class _Bad:
-    """Marker for a value that failed validation (its issue is already reported)."""
-
-    def __repr__(self) -> str:
-        return "<invalid>"
-
-
-BAD = _Bad()
-
-
-class _Sink:
-    """Collects the issues of one file; every check reports here and goes on, so one pass finds them all."""
-
-    def __init__(self, file: str, out: list[ProfileIssue]) -> None:
-        self.file = file
-        self.out = out
-
-    def add(self, where: Node | int, message: str, fix: str) -> None:
-        line = where if isinstance(where, int) else _line(where)
-        self.out.append(ProfileIssue(self.file, max(1, line), message, fix))
-
-
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _did_you_mean(word: str, choices: typing.Iterable[str], fallback: str) -> str:
-    """The closest valid spelling (difflib), else a choice containing the word (`csv` -> `registry-csv`)."""
-    choices = list(choices)
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if not close and len(word) >= 3:
-        close = [c for c in choices if word.lower() in c.lower()][:1]
-    return f"did you mean '{close[0]}'?" if close else fallback
-
-
-def _one_of(choices: typing.Iterable[str]) -> str:
-    return ", ".join(choices)
-
-
-def _kind(node: Node) -> str:
-    """A human name for what a node holds, for 'expected X, got Y' messages."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    tag = node.tag.rsplit(":", 1)[-1]
-    return {"null": "nothing", "bool": "true/false", "int": "an integer", "float": "a number",
-            "str": f"the text '{node.value}'"}.get(tag, f"a {tag}")
-
-
-def _scalar(node: Node) -> Any:
-    """The Python value of a scalar node as YAML 1.1 reads it (so `yes` is True and `0x1` is 1)."""
-    if not isinstance(node, ScalarNode):
-        return BAD
-    try:
-        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
-    except Exception:
-        return BAD
-
-
-def _items(sink: _Sink, node: Node, where: str) -> list[tuple[str, Node, Node]] | None:
-    """The (key, key node, value node) pairs of a mapping; `None` (after an issue) when it is not one.
-
-    Keys are taken as written (`no:` stays the text "no"): they are names, not values. A repeated key is an
-    issue (YAML would silently keep the last one). `<<: *anchor` merges are honoured.
-    """
-    if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
-        return []
-    if not isinstance(node, MappingNode):
-        sink.add(node, f"{where} must be a mapping (key: value lines), got {_kind(node)}",
-                 f"write {where} as indented `key: value` lines")
-        return None
-    seen: dict[str, int] = {}
-    for key_node, _ in node.value:
-        if isinstance(key_node, ScalarNode) and not key_node.tag.endswith(":merge"):
-            if key_node.value in seen:
-                sink.add(key_node, f"duplicate key '{key_node.value}' in {where} "
-                         f"(first at line {seen[key_node.value]})", "remove one of them: YAML would keep only the last")
-            else:
-                seen[key_node.value] = _line(key_node)
-    if any(k.tag.endswith(":merge") for k, _ in node.value):
-        try:
-            yaml.constructor.SafeConstructor().flatten_mapping(node)
-        except Exception:
-            sink.add(node, f"a `<<` merge in {where} does not name a mapping",
-                     "merge only anchors of mappings: `<<: *name`")
-            node.value = [(k, v) for k, v in node.value if not k.tag.endswith(":merge")]
-    pairs: dict[str, tuple[Node, Node]] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, ScalarNode) or key_node.value == "":
-            sink.add(key_node, f"a key in {where} is not a name", "use plain names as keys")
-            continue
-        pairs[key_node.value] = (key_node, value_node)  # last wins, as in YAML
-    return [(k, kn, vn) for k, (kn, vn) in pairs.items()]
-
-
-def _unknown_key(sink: _Sink, key_node: Node, key: str, where: str, valid: typing.Iterable[str]) -> None:
-    valid = list(valid)
-    sink.add(key_node, f"unknown key '{key}' in {where}",
-             _did_you_mean(key, valid, f"valid keys in {where}: {_one_of(valid)}"))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Typed value readers: each returns the value or BAD (after reporting why, with the fix)
-
-
-def _text(sink: _Sink, node: Node, what: str) -> str | _Bad:
-    """Any non-empty scalar as the text written (so `name: 2021` or `summary: yes` mean what they say)."""
-    if not isinstance(node, ScalarNode) or node.tag.endswith(":null") or node.value == "":
-        sink.add(node, f"{what} must be text, got {_kind(node)}", f"write {what} as text, e.g. {what}: example")
-        return BAD
-    return str(node.value)
-
-
-def _bool(sink: _Sink, node: Node, what: str) -> bool | _Bad:
-    value = _scalar(node)
-    if not isinstance(value, bool):
-        sink.add(node, f"{what} must be true or false, got {_kind(node)}",
-                 f"write {what}: true or {what}: false (no quotes)")
-        return BAD
-    return value
-
-
-def _int(sink: _Sink, node: Node, what: str, lo: int | None = None, hi: int | None = None,
-         hex_text: bool = False, example: str | None = None) -> int | _Bad:
-    """An integer in [lo, hi]; with `hex_text`, also a quoted hex string such as "0x00000001" (QUIC versions)."""
-    value = _scalar(node)
-    if hex_text and isinstance(value, str) and value.strip().lower().startswith("0x"):
-        try:
-            value = int(value.strip(), 16)
-        except ValueError:
-            pass
-    if not isinstance(value, int) or isinstance(value, bool):
-        example = example or f"{what.rsplit('.', 1)[-1]}: " + ("0x00000001" if hex_text else str(max(lo or 0, 1)))
-        sink.add(node, f"{what} must be a whole number, got {_kind(node)}", f"write a whole number, e.g. {example}")
-        return BAD
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        sink.add(node, f"{what} is {value}, outside {_range(lo, hi)}", f"use a value in {_range(lo, hi)}")
-        return BAD
-    return value
-
-
-def _number(sink: _Sink, node: Node, what: str, lo: float | None = 0.0, hi: float | None = None,
-            fix: str | None = None) -> float | _Bad:
-    value = _scalar(node)
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-        sink.add(node, f"{what} must be a number, got {_kind(node)}", fix or f"write a number, e.g. {what}: 1.5")
-        return BAD
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        sink.add(node, f"{what} is {value}, outside {_range(lo, hi)}", fix or f"use a value in {_range(lo, hi)}")
-        return BAD
-    return float(value)
-
-
-def _range(lo: float | None, hi: float | None) -> str:
-    if hi is None:
-        return f">= {lo:g}"
-    if lo is None:
-        return f"<= {hi:g}"
-    return f"{lo:g}..{hi:g}"
-
-
-def _choice(sink: _Sink, node: Node, what: str, choices: typing.Sequence[str]) -> str | _Bad:
-    if not isinstance(node, ScalarNode) or node.tag.endswith(":null"):
-        sink.add(node, f"{what} must be one of {_one_of(choices)}, got {_kind(node)}",
-                 f"write e.g. {what}: {choices[0]}")
-        return BAD
-    if node.value not in choices:
-        sink.add(node, f"{what} is '{node.value}', not one of {_one_of(choices)}",
-                 _did_you_mean(node.value, choices, f"use one of {_one_of(choices)}"))
-        return BAD
-    return str(node.value)
-
-
-def _seq(sink: _Sink, node: Node, what: str) -> list[Node] | None:
-    if isinstance(node, ScalarNode) and node.tag.endswith(":null"):
-        return []
-    if not isinstance(node, SequenceNode):
-        sink.add(node, f"{what} must be a list, got {_kind(node)}", f"write {what} as a list: [a, b] or `- a` lines")
-        return None
-    return list(node.value)
-
-
-def _texts(sink: _Sink, node: Node, what: str) -> list[tuple[str, Node]] | _Bad:
-    items = _seq(sink, node, what)
-    if items is None:
-        return BAD
-    out: list[tuple[str, Node]] = []
-    for item in items:
-        value = _text(sink, item, f"an entry of {what}")
-        if value is BAD:
-            return BAD
-        out.append((typing.cast(str, value), item))
-    return out
-
-
-def _ints(sink: _Sink, node: Node, what: str, lo: int, hi: int, hex_text: bool = False) -> tuple[int, ...] | _Bad:
-    """One integer or a list of them (ports, QUIC versions)."""
-    items = [node] if isinstance(node, ScalarNode) else _seq(sink, node, what)
-    if items is None:
-        return BAD
-    values = [_int(sink, item, what, lo, hi, hex_text) for item in items]
-    if any(v is BAD for v in values):
-        return BAD
-    return tuple(typing.cast(int, v) for v in values)
-
-
-def _network(sink: _Sink, node: Node, what: str) -> config.Network | _Bad:
-    text = _text(sink, node, what)
-    if text is BAD:
-        return BAD
-    text = typing.cast(str, text).strip()
-    try:
-        return ipaddress.ip_network(text)
-    except ValueError:
-        try:
-            fixed = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            sink.add(node, f"'{text}' in {what} is not an address or CIDR",
-                     "write an IPv4/IPv6 address or network, e.g. 10.0.0.0/8 or 2001:db8::/32")
-            return BAD
-        sink.add(node, f"'{text}' in {what} has host bits set", f"write the network address: {fixed}")
-        return BAD
-
-
-def _address(sink: _Sink, node: Node, what: str, version: int) -> str | _Bad:
-    text = _text(sink, node, what)
-    if text is BAD:
-        return BAD
-    try:
-        address = ipaddress.ip_address(typing.cast(str, text).strip())
-    except ValueError:
-        address = None
-    if address is None or address.version != version:
-        example = "203.0.113.7" if version == 4 else "2001::1"
-        sink.add(node, f"'{text}' in {what} is not an IPv{version} address",
-                 f"write IPv{version} addresses, e.g. {example}")
-        return BAD
-    return str(address)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dpi import _core
-from dpi.forge import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, tcp_packet, udp_packet
+from dpi.forge import TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN, tcp_packet, udp_packet
 from dpi.traffic import TcpConversation, client_hello
 
 C, S = "10.0.0.2", "192.0.2.10"

@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP
 
 from dpi.config import (INJECTOR_PRESETS, Action, ListSpec, Match, MatchOptions, Profile, QuicInspection, Residual,
                         Rule, TcpInspection)
-from dpi.decision import ACCEPT, DROP, MARK_ACCEPT, MARK_DROP
+from dpi.decision import ACCEPT, DROP, MARK_DROP
 from dpi.engine import Censor
 from dpi.forge import udp_packet
 from dpi.traffic import TcpConversation, client_hello, dns_query, http_request, quic_initial

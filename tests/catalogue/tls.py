@@ -148,6 +148,7 @@ def tls12_first_flights(server_name: str, certificate_name: str) -> tuple[bytes,
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=server_name)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    hello = b""  # the client speaks first and fills it
     for side in (client, server):
         if side is server:
             s_in.write(hello)

@@ -10,7 +10,6 @@ TLS 1.3 client to put in them.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 from aioquic import tls
@@ -24,7 +23,7 @@ from aioquic.quic.crypto import (
     CryptoContext,
     derive_key_iv_hp,
 )
-from aioquic.quic.packet import QuicProtocolVersion, QuicTransportParameters, push_quic_transport_parameters
+from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import cipher_suite_hash, hkdf_expand_label, hkdf_extract
 
 V1 = VERSION_1 = int(QuicProtocolVersion.VERSION_1)
@@ -75,20 +74,6 @@ def aioquic_initial_datagram(
 @functools.lru_cache(maxsize=None)
 def _aioquic_initial_datagram(server_name: str, version: int, alpn: tuple[str, ...]) -> bytes:
     return aioquic_initial_datagrams(server_name, version=version, alpn=alpn)[0]
-
-
-def aioquic_client_hello(server_name: str | None, *, alpn: Sequence[str] = ("h3",)) -> bytes:
-    """A whole ClientHello handshake message (type 1 + 24-bit length + body) from aioquic's TLS client,
-    carrying QUIC transport parameters as a QUIC client's does."""
-    context = tls.Context(is_client=True, alpn_protocols=list(alpn), server_name=server_name)
-    params = Buffer(capacity=1024)
-    push_quic_transport_parameters(
-        params, QuicTransportParameters(initial_source_connection_id=os.urandom(8), max_idle_timeout=60000)
-    )
-    context.handshake_extensions = [(tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, params.data)]
-    out = {epoch: Buffer(capacity=65536) for epoch in tls.Epoch}
-    context.handle_message(b"", out)
-    return out[tls.Epoch.INITIAL].data
 
 
 def _client_secret(dcid: bytes, version: int) -> bytes:
@@ -182,8 +167,6 @@ def aioquic_client_hello(server_name: str = "example.com", *, alpn: Sequence[str
 
 @functools.lru_cache(maxsize=None)
 def _aioquic_client_hello(server_name: str, alpn: tuple[str, ...]) -> bytes:
-    from aioquic import tls
-    from aioquic.buffer import Buffer
 
     context = tls.Context(is_client=True, server_name=server_name, alpn_protocols=list(alpn))
     context.handshake_extensions = [(tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS, bytes.fromhex("04044000ffff"))]
