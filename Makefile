@@ -37,7 +37,7 @@ $(STAMPS)/venv: $(STAMPS)/system pyproject.toml
 	@test -x $(PY) || $(SYS_PYTHON) -m venv --system-site-packages $(VENV)
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel "Cython>=3.0"
 	$(PIP) install -q "pyahocorasick>=2.0" "cryptography>=41" "PyYAML>=6.0" "NetfilterQueue>=1.1" "scapy>=2.5" \
-	    "pytest>=7" "hypothesis>=6" "aioquic>=1.0" "dnslib>=0.9" "matplotlib>=3.6"
+	    "pytest>=7" "hypothesis>=6" "aioquic>=1.0" "dnslib>=0.9" "matplotlib>=3.6" "atheris>=2.3"
 	@touch $@
 
 # The compiled core: rebuilt whenever a .pyx/.pxd changes; the editable install provides the `redweb` command.

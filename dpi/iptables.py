@@ -242,6 +242,23 @@ class RuleSet:
             self._cmd.run(b, "-t", TABLE, "-F", CHAIN)
             self._cmd.run(b, "-t", TABLE, "-X", CHAIN)
 
+    def queue_rule_hits(self) -> int:
+        """Packets that reached this rule set's NFQUEUE rules so far, all families (-1 if they cannot be read).
+
+        Set against the packets the kernel handed to the queues, this tells how many the censor never saw: passed
+        by the kernel (fail-open: a full queue, or nobody bound) or dropped (fail-closed).
+        """
+        total = 0
+        for b in self.binaries:
+            r = self._cmd.run(b, "-t", TABLE, "-L", CHAIN, "-n", "-v", "-x")
+            if r.returncode != 0:
+                return -1
+            for line in r.stdout.splitlines():
+                parts = line.split()
+                if len(parts) > 2 and parts[2] == "NFQUEUE" and parts[0].isdigit():
+                    total += int(parts[0])
+        return total
+
     def verify(self) -> list[str]:
         """Rules that should be present and are not (e.g. deleted by hand), as iptables command lines."""
         missing: list[str] = []

@@ -3,8 +3,10 @@
 The workers publish counter snapshots to the supervisor; this module renders them per queue and serves them
 with the standard library's HTTP server in a daemon thread, so scraping never touches the packet path.
 
-Counter names: the worker's own are `nfq:*` (queued packets, verdicts, offloaded flows, injections, errors);
-the engine's are free-form, with `rule:NAME:ACTION` for rule actions. Everything else the engine counts is
+Counter names: the worker's own are `nfq:*` (queued packets, verdicts, offloaded flows, injections, errors,
+restarts) and `worker:*`/`core:*` (memory); the supervisor adds `kernel:*` per queue (the kernel's backlog and
+drops) and run-wide values (packets no worker decided, rules found missing); the engine's are free-form, with
+`rule:NAME:ACTION` for rule actions. Everything else the engine counts is
 exported as `redweb_engine_total{counter=...}` so a new engine counter shows up without a change here.
 """
 from __future__ import annotations
@@ -34,8 +36,37 @@ _WORKER: dict[str, tuple[str, str, tuple[str, str] | None]] = {
                         "Repeated packets the kernel could not settle (no conntrack).", None),
     "nfq:pending_injections": ("redweb_pending_injections", "Forged packets waiting for their delay.", None),
     "nfq:pcap_packets": ("redweb_pcap_packets_total", "Packets written to the pcap of censored flows.", None),
+    "nfq:restarts": ("redweb_worker_restarts_total", "Workers restarted after they died or got stuck.", None),
+    # pressure: the flow table is bounded (flows.max_flows); these show the bound holding under a flood
+    "worker:rss_bytes": ("redweb_worker_rss_bytes", "Resident memory of the worker process.", None),
+    "core:memory_bytes": ("redweb_flow_table_bytes",
+                          "Bytes held by the flow table and its first-flight buffers.", None),
+    "core:capacity": ("redweb_flow_table_capacity", "Flows the table holds at most (flows.max_flows).", None),
+    "active_flows": ("redweb_flows_active", "Flows in the table now.", None),
+    "evicted": ("redweb_flows_evicted_total", "Flows evicted (least recently used) because the table was full.",
+                None),
+    "expired": ("redweb_flows_expired_total", "Flows forgotten after their idle timeout.", None),
+    # the kernel's side of each queue (/proc/net/netfilter/nfnetlink_queue), read by the supervisor
+    "kernel:backlog": ("redweb_queue_backlog", "Packets waiting in the kernel queue for a verdict.", None),
+    "kernel:dropped": ("redweb_queue_kernel_dropped_total", "Packets the kernel dropped at a full queue "
+                       "(fail-closed).", ("reason", "queue-full")),
+    "kernel:queued": ("redweb_queue_kernel_queued_total", "Packets the kernel handed to the queue.", None),
+    "kernel:user_dropped": ("redweb_queue_kernel_dropped_total", "Packets the kernel dropped at a full queue "
+                            "(fail-closed).", ("reason", "socket-full")),
 }
-_GAUGES = {"redweb_pending_injections"}
+_GAUGES = {"redweb_pending_injections", "redweb_worker_rss_bytes", "redweb_flow_table_bytes",
+           "redweb_flow_table_capacity", "redweb_flows_active", "redweb_queue_backlog"}
+# supervisor-wide values → (metric, help, extra label or None)
+_SUPERVISOR: dict[str, tuple[str, str, tuple[str, str] | None]] = {
+    "unserved:passed": ("redweb_queue_unserved_packets_total", "Packets that reached the queue rule but no worker "
+                        "decided: passed uninspected (fail-open) or dropped (fail-closed).", ("outcome", "passed")),
+    "unserved:dropped": ("redweb_queue_unserved_packets_total", "Packets that reached the queue rule but no worker "
+                         "decided: passed uninspected (fail-open) or dropped (fail-closed).", ("outcome", "dropped")),
+    "rules:missing": ("redweb_rules_missing", "RedWeb rules found missing at the last check (deleted by hand).",
+                      None),
+    "rules:checks": ("redweb_rule_checks_total", "Periodic checks that every RedWeb rule is still installed.", None),
+}
+_GAUGES.add("redweb_rules_missing")
 
 
 def _escape(value: str) -> str:
@@ -55,8 +86,11 @@ def split_rule_counter(name: str) -> tuple[str, str] | None:
     return (rule, action) if sep and rule else None
 
 
-def render(counters: CountersByQueue, *, extra: Mapping[str, float] | None = None) -> str:
-    """The counters of every queue in Prometheus text format 0.0.4 (one sample per queue and label set)."""
+def render(counters: CountersByQueue, *, extra: Mapping[str, float] | None = None,
+           supervisor: Mapping[str, float] | None = None) -> str:
+    """The counters of every queue in Prometheus text format 0.0.4 (one sample per queue and label set).
+
+    `supervisor` holds run-wide values the supervisor measures itself (queue overload, missing rules)."""
     series: dict[str, list[str]] = {}
     helps: dict[str, str] = {}
 
@@ -75,6 +109,10 @@ def render(counters: CountersByQueue, *, extra: Mapping[str, float] | None = Non
                     [q, ("rule", ra[0]), ("action", ra[1])], value)
             elif not name.startswith("nfq:"):
                 add("redweb_engine_total", "Other counters of the censor engine.", [q, ("counter", name)], value)
+    for name, value in sorted((supervisor or {}).items()):
+        if name in _SUPERVISOR:
+            metric, help_, label = _SUPERVISOR[name]
+            add(metric, help_, [label] if label else [], value)
     for name, value in (extra or {}).items():
         add(name, name.replace("_", " "), [], value)
     out = []
@@ -97,8 +135,10 @@ def parse_address(text: str) -> tuple[str, int]:
 class MetricsServer:
     """Serves `/metrics` (and `/`) from `source()`, the latest counters per queue, in a daemon thread."""
 
-    def __init__(self, address: tuple[str, int], source: Callable[[], CountersByQueue]) -> None:
+    def __init__(self, address: tuple[str, int], source: Callable[[], CountersByQueue],
+                 supervisor: Callable[[], Mapping[str, float]] | None = None) -> None:
         self._source = source
+        self._supervisor = supervisor
         self._started = time.monotonic()
         outer = self
 
@@ -131,8 +171,9 @@ class MetricsServer:
 
     def page(self) -> str:
         counters = self._source()
-        return render(counters, extra={"redweb_up": 1, "redweb_workers": len(counters),
-                                       "redweb_uptime_seconds": round(time.monotonic() - self._started, 3)})
+        return render(counters, supervisor=self._supervisor() if self._supervisor else None,
+                      extra={"redweb_up": 1, "redweb_workers": len(counters),
+                             "redweb_uptime_seconds": round(time.monotonic() - self._started, 3)})
 
     def start(self) -> None:
         self._thread.start()

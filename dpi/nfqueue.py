@@ -16,10 +16,19 @@ A worker applies a `Decision` as follows:
 
 A callback never raises into netfilterqueue: an exception in the censor is counted, logged once with the
 packet in hex, and the packet is accepted (fail-open) or dropped (fail-closed).
+
+Overload and faults (issue 7): a censor in the path of all traffic must never become the outage.
+- A full queue: fail-open runs set NFQA_CFG_F_FAIL_OPEN on their queue (netfilterqueue does not expose it, so
+  the config message is sent on its netlink socket), so the kernel accepts what does not fit instead of
+  dropping it; `--queue-bypass` alone only covers "nobody bound". Fail-closed runs let the kernel drop and count.
+- A worker that dies (or stops answering: every worker sends a heartbeat) is restarted by `WorkerPool` with a
+  fresh censor; residual state survives because it lives in the manager process, and the flows the dead worker
+  held are re-learned as the profile says (mid-connection packets: with `require_syn` never censored).
 """
 from __future__ import annotations
 
 import ctypes
+import errno
 import heapq
 import itertools
 import json
@@ -45,7 +54,11 @@ from dpi.residual import LocalResidualStore, ResidualStore
 
 QUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
 LINKTYPE_RAW = 101
-PUBLISH_INTERVAL = 0.5  # seconds between counter snapshots sent to the supervisor
+PUBLISH_INTERVAL = 0.5  # seconds between counter snapshots (also the heartbeat) sent to the supervisor
+DEFAULT_QUEUE_MAXLEN = 4096  # packets the kernel holds for one queue before the fail-open/closed policy applies
+# Worker counters that are levels, not totals: the supervisor does not add them up across restarts.
+GAUGES = frozenset({"nfq:pending_injections", "worker:rss_bytes", "core:memory_bytes", "core:capacity",
+                    "active_flows"})
 
 
 class CensorLike(Protocol):
@@ -85,7 +98,45 @@ class _ResidualManager(multiprocessing.managers.BaseManager):
     pass
 
 
-_ResidualManager.register("ResidualStore", LocalResidualStore, exposed=("add", "lookup", "__len__"))
+class SnapshotResidualStore(LocalResidualStore):
+    """The manager's store: the engine's, plus `snapshot()` so a restarted worker can rebuild its local copy."""
+
+    def snapshot(self, now: float) -> list[tuple[Any, float, str, str]]:
+        return [(k, until, action, rule) for k, (until, action, rule) in list(self._entries.items()) if until > now]
+
+
+_ResidualManager.register("ResidualStore", SnapshotResidualStore, exposed=("add", "lookup", "__len__", "snapshot"))
+
+
+class MirroredResidual:
+    """One worker's residual store when it is the only worker: lookups stay in-process, adds are written through.
+
+    With one queue no other process adds entries, so a local lookup is exact and a new connection costs no IPC
+    (a SYN flood stays cheap); writing every add through to the manager is what lets a restarted worker start
+    from the same residual table (G-4, GE-1, GF-3, GQ-2 blocking must outlive a crash of the worker).
+    """
+
+    def __init__(self, shared: Any) -> None:
+        self._shared = shared
+        self._local = LocalResidualStore()
+        try:
+            for key, until, action, rule in shared.snapshot(time.monotonic()):
+                self._local.add(key, until, action, rule)
+        except Exception:  # the manager is gone: start empty rather than not at all
+            pass
+
+    def add(self, key: Any, until: float, action: str, rule: str) -> None:
+        self._local.add(key, until, action, rule)
+        try:
+            self._shared.add(key, until, action, rule)
+        except Exception:
+            pass
+
+    def lookup(self, key: Any, now: float) -> tuple[str, str] | None:
+        return self._local.lookup(key, now)
+
+    def __len__(self) -> int:
+        return len(self._local)
 
 
 def _set_pdeathsig(sig: int) -> None:
@@ -96,9 +147,18 @@ def _set_pdeathsig(sig: int) -> None:
         pass
 
 
+def _set_name(name: str) -> None:
+    """Name this process in /proc/PID/comm (ps, top, tests): redweb-qN for a queue worker, redweb-residual."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def _manager_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     _set_pdeathsig(signal.SIGKILL)
+    _set_name("redweb-residual")
 
 
 class SharedResidual:
@@ -133,6 +193,88 @@ def queue_holders() -> dict[int, int]:
     except OSError:
         pass
     return out
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One line of /proc/net/netfilter/nfnetlink_queue: the kernel's view of a bound queue."""
+
+    queue: int
+    portid: int
+    backlog: int  # packets queued, waiting for a verdict
+    dropped: int  # dropped because the queue was full (fail-closed)
+    user_dropped: int  # dropped because the netlink socket buffer was full (fail-closed)
+    id_sequence: int  # packets handed to this instance so far
+
+
+def queue_stats() -> dict[int, QueueStats]:
+    """Kernel counters of every queue bound in this network namespace (empty when none or no NFQUEUE)."""
+    out: dict[int, QueueStats] = {}
+    try:
+        with open(QUEUE_PROC, encoding="ascii") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and all(p.lstrip("-").isdigit() for p in parts[:8]):
+                    q, portid, total, _mode, _range, dropped, udropped, seq = (int(p) for p in parts[:8])
+                    out[q] = QueueStats(q, portid, total, dropped, udropped, seq)
+    except OSError:
+        pass
+    return out
+
+
+_NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
+_NFQA_CFG_MASK, _NFQA_CFG_FLAGS, _NFQA_CFG_F_FAIL_OPEN = 4, 5, 1
+_NLMSG_ERROR, _NLM_F_REQUEST, _NLM_F_ACK = 2, 1, 4
+
+
+def set_queue_fail_open(fd: int, queue: int, enabled: bool, timeout: float = 1.0) -> str | None:
+    """Set or clear NFQA_CFG_F_FAIL_OPEN on `queue`, bound on netlink socket `fd`; None on success, else why not.
+
+    The kernel only accepts queue configuration from the socket that bound the queue, so the message goes out on
+    the library's own fd (a dup of it: same socket, same port id). The acknowledgement is read only if it is the
+    next message waiting; a packet that arrives first is left for the library (which ignores a late ack).
+    """
+    try:
+        sock = socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW)
+    except OSError as e:
+        return f"cannot use the queue's netlink socket: {e.strerror or e}"
+    try:
+        seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
+        flags = _NFQA_CFG_F_FAIL_OPEN if enabled else 0
+        attrs = struct.pack("=HH", 8, _NFQA_CFG_MASK) + struct.pack("!I", _NFQA_CFG_F_FAIL_OPEN)
+        attrs += struct.pack("=HH", 8, _NFQA_CFG_FLAGS) + struct.pack("!I", flags)
+        body = struct.pack("=BB", 0, 0) + struct.pack("!H", queue) + attrs  # nfgenmsg: AF_UNSPEC, v0, res_id
+        msg = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
+                          _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
+        sock.sendto(msg, (0, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
+            if not r:
+                break
+            head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            if len(head) < 20:
+                break
+            _len, mtype, _fl, mseq, _pid = struct.unpack_from("=IHHII", head, 0)
+            if mtype != _NLMSG_ERROR or mseq != seq:
+                return None  # a packet came first: leave it to the library; the ack follows it harmlessly
+            sock.recv(65536)
+            err = struct.unpack_from("=i", head, 16)[0]
+            return None if err == 0 else f"the kernel refused NFQA_CFG_F_FAIL_OPEN ({os.strerror(-err)})"
+        return None
+    except OSError as e:
+        return f"cannot configure fail-open on queue {queue}: {e.strerror or e}"
+    finally:
+        sock.close()
+
+
+def process_rss(pid: int | str = "self") -> int:
+    """Resident set size of a process in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def nfqueue_available() -> str | None:
@@ -380,6 +522,25 @@ class CensoredFlowRecorder:
 
 
 # -- the worker ----------------------------------------------------------------------------------------------------
+READ_BATCH = 256  # packets read from the queue before the worker looks at its timers and heartbeat again
+
+
+class _Batch:
+    """A socket for `NetfilterQueue.run_socket` that reports "empty" (EAGAIN) after `left` reads, so that the
+    library's read loop returns to the worker's poll loop even when packets keep coming."""
+
+    def __init__(self, sock: socket.socket, left: int) -> None:
+        sock.setblocking(False)
+        self.sock, self.left = sock, left
+
+    def recv(self, size: int) -> bytes:
+        if self.left <= 0:
+            raise BlockingIOError(errno.EAGAIN, "batch done")
+        self.left -= 1
+        return self.sock.recv(size)
+
+    def close(self) -> None:
+        self.sock.close()
 @dataclass(frozen=True)
 class WorkerConfig:
     queue: int
@@ -388,6 +549,7 @@ class WorkerConfig:
     pcap_path: str | None = None
     offload: bool = True  # give decided flows to the kernel (connmark); False keeps every packet in user space
     max_logged_errors: int = 10
+    queue_maxlen: int = DEFAULT_QUEUE_MAXLEN  # kernel backlog of the queue; past it fail-open passes, else drops
 
 
 class Worker:
@@ -411,6 +573,7 @@ class Worker:
         self.offload_accept = self.offload_drop = self.fallthrough = 0
         self.injected = self.inject_errors = 0
         self.errors = self.apply_errors = 0
+        self.fail_open_problem: str | None = None  # why NFQA_CFG_F_FAIL_OPEN could not be set (None: it is)
 
     # The callback. Nothing in it may raise into netfilterqueue, and every packet gets exactly one verdict.
     def on_packet(self, pkt: Any) -> None:
@@ -543,9 +706,15 @@ class Worker:
             "nfq:inject_errors": self.inject_errors, "nfq:errors": self.errors,
             "nfq:apply_errors": self.apply_errors, "nfq:pending_injections": len(self._timers),
             "nfq:pcap_packets": self._pcap.written if self._pcap else 0,
+            "worker:rss_bytes": process_rss(),
         }
         try:
             out.update(censor_counters(self.censor))
+            core = getattr(self.censor, "core", None)
+            if core is not None and callable(getattr(core, "memory_bytes", None)):
+                # the flow table's bound (flows.max_flows) and what it holds now, for the pressure metrics
+                out["core:memory_bytes"] = int(core.memory_bytes())
+                out["core:capacity"] = int(core.capacity)
         except Exception as e:
             self._log_once(e, b"", "counters")
         return out
@@ -565,7 +734,10 @@ class Worker:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Socket rcvbuf limit" warning: a smaller buffer still works
             try:
-                nfq.bind(self.cfg.queue, self.on_packet)
+                # The socket buffer must hold what the queue may hold, or a burst overflows it before the queue
+                # is full (~2 KB of buffer per queued packet: netfilterqueue copies at most 4 KB of each).
+                nfq.bind(self.cfg.queue, self.on_packet, max_len=self.cfg.queue_maxlen,
+                         sock_len=min(max(self.cfg.queue_maxlen * 2048, 1 << 21), 1 << 28))
             except OSError:
                 holder = queue_holders().get(self.cfg.queue)
                 if holder is not None:
@@ -573,17 +745,24 @@ class Worker:
                 raise QueueError(f"cannot bind queue {self.cfg.queue}: is nfnetlink_queue available "
                                  "(modprobe nfnetlink_queue)?") from None
         self._nfq = nfq
+        # --queue-bypass only covers "no process bound"; a full queue is fail-open only with this flag.
+        self.fail_open_problem = set_queue_fail_open(nfq.get_fd(), self.cfg.queue, not self.cfg.fail_closed)
+        if self.fail_open_problem and not self.cfg.fail_closed:
+            print(f"redweb: queue {self.cfg.queue}: {self.fail_open_problem}; when the queue is full the kernel "
+                  "drops packets (counted)", file=sys.stderr, flush=True)
 
     def run(self, wakeup_fd: int | None = None) -> None:
         """Serve the queue until `stopping` is set (from a signal handler; `wakeup_fd` makes poll return)."""
         assert self._nfq is not None, "bind() first"
         fd = self._nfq.get_fd()
+        # Packets are read in batches (netfilterqueue's own loop reads until the socket is empty, which under a
+        # flood is never): between batches the worker sends its heartbeat and fires due injections.
+        batch = _Batch(socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW), READ_BATCH)
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         if wakeup_fd is not None:
             poller.register(wakeup_fd, select.POLLIN)
         next_publish = time.monotonic() + PUBLISH_INTERVAL
-        last: dict[str, int] | None = None
         ppid = os.getppid()
         while not self.stopping:
             until_timer = self._fire_timers()
@@ -591,7 +770,8 @@ class Worker:
             wait = min(next_publish - now, until_timer if until_timer is not None else PUBLISH_INTERVAL)
             for rfd, _ in poller.poll(max(0, int(wait * 1000) + 1)):
                 if rfd == fd:
-                    self._nfq.run(block=False)
+                    batch.left = READ_BATCH
+                    self._nfq.run_socket(batch)
                 elif wakeup_fd is not None:
                     try:
                         os.read(wakeup_fd, 512)
@@ -601,15 +781,16 @@ class Worker:
                 next_publish = time.monotonic() + PUBLISH_INTERVAL
                 if os.getppid() != ppid:  # supervisor gone (and PDEATHSIG missed): stop
                     break
-                snap = self.counters()
-                if snap != last and self._publish is not None:
-                    self._publish(snap)
-                    last = snap
+                # Published every interval even when unchanged: it is also the heartbeat the supervisor's
+                # watchdog waits for (a worker stuck in a callback stops sending it).
+                if self._publish is not None:
+                    self._publish(self.counters())
         # Drain what is still queued (the rules are removed first, so nothing new arrives).
         try:
             self._nfq.run(block=False)
         except OSError:
             pass
+        batch.close()
 
     def close(self) -> None:
         if self._nfq is not None:
@@ -624,11 +805,16 @@ class Worker:
             self._pcap.close()
 
 
-def _worker_main(factory: CensorFactory, residual: ResidualStore | None, cfg: WorkerConfig,
+def _worker_main(factory: CensorFactory, shared: Any, mirror: bool, cfg: WorkerConfig,
                  conn: multiprocessing.connection.Connection) -> None:
-    """Entry point of a forked worker process: build the censor, bind, report ready, serve, report final counters."""
+    """Entry point of a forked worker process: build the censor, bind, report ready, serve, report final counters.
+
+    `shared` is the manager's residual store (None: the engine keeps its own); `mirror` gives this worker a
+    local copy of it (one queue: no other writer), see `MirroredResidual`.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_pdeathsig(signal.SIGTERM)
+    _set_name(f"redweb-q{cfg.queue}")
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
     signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
@@ -640,6 +826,7 @@ def _worker_main(factory: CensorFactory, residual: ResidualStore | None, cfg: Wo
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        residual = MirroredResidual(shared) if (shared is not None and mirror) else shared
         censor = factory(residual)
         worker = Worker(censor, cfg, publish=lambda snap: conn.send(("counters", cfg.queue, snap)))
         worker.bind()
@@ -665,92 +852,161 @@ def _send_quiet(conn: multiprocessing.connection.Connection, msg: tuple) -> None
 
 
 # -- the supervisor's side -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkerDeath:
+    """A worker that is gone (or was killed for not answering), with the one line that says why."""
+
+    queue: int
+    message: str
+
+
 class WorkerPool:
-    """One forked worker per queue in [A, B]; collects their counter snapshots and notices when one dies."""
+    """One forked worker per queue in [A, B]; collects their counter snapshots, notices deaths and restarts.
+
+    Residual state lives in a manager process whatever the number of queues, so that a restarted worker finds
+    it (with one queue the worker keeps a mirrored local copy, see `MirroredResidual`). Counters of a worker that
+    died are banked, so the totals the supervisor reports never go backwards across a restart.
+    """
 
     def __init__(self, queues: tuple[int, int], factory: CensorFactory, *, fail_closed: bool = False,
-                 log_path: str | None = None, pcap_path: str | None = None, offload: bool = True) -> None:
+                 log_path: str | None = None, pcap_path: str | None = None, offload: bool = True,
+                 queue_maxlen: int = DEFAULT_QUEUE_MAXLEN, shared_residual: bool = True) -> None:
         self.queues = list(range(queues[0], queues[1] + 1))
         self._factory = factory
-        self._cfgs = [WorkerConfig(q, fail_closed=fail_closed, log_path=log_path, pcap_path=pcap_path,
-                                   offload=offload) for q in self.queues]
+        self._cfgs = {q: WorkerConfig(q, fail_closed=fail_closed, log_path=log_path, pcap_path=pcap_path,
+                                      offload=offload, queue_maxlen=queue_maxlen) for q in self.queues}
         self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self._conns: dict[int, multiprocessing.connection.Connection] = {}
         self._counters: dict[int, dict[str, int]] = {q: {} for q in self.queues}
+        self._banked: dict[int, dict[str, int]] = {q: {} for q in self.queues}
+        self._heard: dict[int, float] = {}
         self._final: set[int] = set()
         self._residual: SharedResidual | None = None
+        self._shared_residual = shared_residual
+        self.restarts: dict[int, int] = {q: 0 for q in self.queues}
+
+    def _spawn(self, q: int) -> None:
+        ctx = multiprocessing.get_context("fork")
+        parent, child = ctx.Pipe(duplex=False)
+        shared = self._residual.store if self._residual is not None else None
+        p = ctx.Process(target=_worker_main, args=(self._factory, shared, len(self.queues) == 1, self._cfgs[q],
+                                                   child), name=f"redweb-q{q}", daemon=True)
+        p.start()
+        child.close()
+        self._procs[q], self._conns[q] = p, parent
+        self._final.discard(q)
+        self._heard[q] = time.monotonic()
+
+    def _await_ready(self, pending: set[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise QueueError(f"workers for queues {sorted(pending)} did not start within {timeout:.0f} s")
+            ready = multiprocessing.connection.wait([self._conns[q] for q in pending], timeout=left)
+            for conn in ready:
+                q = next(q for q, c in self._conns.items() if c is conn)
+                try:
+                    kind, _, payload = conn.recv()
+                except (EOFError, OSError):
+                    raise QueueError(f"worker for queue {q} died while starting "
+                                     f"(exit code {self._procs[q].exitcode})") from None
+                if kind == "busy":
+                    raise QueueBusy(str(payload))
+                if kind == "error":
+                    raise QueueError(str(payload))
+                if kind == "ready":
+                    pending.discard(q)
+                    self._heard[q] = time.monotonic()
 
     def start(self, timeout: float = 30.0) -> None:
         """Fork the workers and wait until each has bound its queue; raise QueueError (all stopped) if one cannot."""
-        ctx = multiprocessing.get_context("fork")
-        # One queue: the engine keeps its residual table in-process. Several: one table for all workers.
-        residual = None
-        if len(self.queues) > 1:
+        if self._shared_residual or len(self.queues) > 1:
             self._residual = SharedResidual()
-            residual = self._residual.store
-        for cfg in self._cfgs:
-            parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker_main, args=(self._factory, residual, cfg, child),
-                            name=f"redweb-q{cfg.queue}", daemon=True)
-            p.start()
-            child.close()
-            self._procs[cfg.queue], self._conns[cfg.queue] = p, parent
-        pending = set(self.queues)
-        deadline = time.monotonic() + timeout
+        for q in self.queues:
+            self._spawn(q)
         try:
-            while pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise QueueError(f"workers for queues {sorted(pending)} did not start within {timeout:.0f} s")
-                ready = multiprocessing.connection.wait([self._conns[q] for q in pending], timeout=left)
-                for conn in ready:
-                    q = next(q for q, c in self._conns.items() if c is conn)
-                    try:
-                        kind, _, payload = conn.recv()
-                    except (EOFError, OSError):
-                        raise QueueError(f"worker for queue {q} died while starting "
-                                         f"(exit code {self._procs[q].exitcode})") from None
-                    if kind == "busy":
-                        raise QueueBusy(str(payload))
-                    if kind == "error":
-                        raise QueueError(str(payload))
-                    if kind == "ready":
-                        pending.discard(q)
+            self._await_ready(set(self.queues), timeout)
         except BaseException:
             self.stop()
             raise
 
-    def poll(self, timeout: float, extra: list[Any] | None = None) -> list[str]:
-        """Wait up to `timeout` for messages (or an `extra` waitable); return one line per worker that died."""
-        waitables: list[Any] = list(self._conns.values()) + [p.sentinel for p in self._procs.values()]
+    def restart(self, q: int, timeout: float = 30.0) -> None:
+        """Replace the dead worker of queue `q` by a fresh one (new censor, same residual store); raise QueueError
+        (one line) when the new worker cannot bind."""
+        old = self._procs.get(q)
+        if old is not None:
+            if old.is_alive():
+                old.kill()
+            old.join(5.0)
+        conn = self._conns.pop(q, None)
+        if conn is not None:
+            conn.close()
+        for k, v in self._counters[q].items():  # bank the dead worker's totals (levels die with it)
+            if k not in GAUGES:
+                self._banked[q][k] = self._banked[q].get(k, 0) + v
+        self._counters[q] = {}
+        self._spawn(q)
+        self.restarts[q] += 1
+        try:
+            self._await_ready({q}, timeout)
+        except QueueError:
+            self._final.add(q)
+            raise
+
+    def poll(self, timeout: float, extra: list[Any] | None = None, watchdog: float = 0.0) -> list[WorkerDeath]:
+        """Wait up to `timeout` for messages (or an `extra` waitable); return the workers that died since the last
+        call. With `watchdog` > 0 a live worker silent for that long (stuck: no heartbeat) is killed and reported."""
+        waitables: list[Any] = list(self._conns.values()) + [p.sentinel for q, p in self._procs.items()
+                                                             if q not in self._final]
         multiprocessing.connection.wait(waitables + list(extra or ()), timeout=timeout)
         dead = self._drain()
+        now = time.monotonic()
         for q, p in self._procs.items():
-            if not p.is_alive() and q not in self._final:
+            if q in self._final:
+                continue
+            if not p.is_alive():
                 self._final.add(q)
-                dead.append(f"worker for queue {q} died (exit code {p.exitcode})")
+                if not any(d.queue == q for d in dead):
+                    dead.append(WorkerDeath(q, f"worker for queue {q} died (exit code {p.exitcode})"))
+            elif watchdog > 0 and now - self._heard.get(q, now) > watchdog:
+                p.kill()
+                p.join(2.0)
+                self._final.add(q)
+                dead.append(WorkerDeath(q, f"worker for queue {q} sent nothing for {watchdog:g} s (stuck): killed"))
         return dead
 
-    def _drain(self) -> list[str]:
+    def _drain(self) -> list[WorkerDeath]:
         problems = []
         for q, conn in self._conns.items():
             try:
                 while conn.poll():
                     kind, _, payload = conn.recv()
+                    self._heard[q] = time.monotonic()
                     if kind in ("counters", "final"):
                         self._counters[q] = payload
-                    if kind == "final":
+                    if kind in ("error", "busy") and q not in self._final:
                         self._final.add(q)
-                    if kind in ("error", "busy"):
-                        self._final.add(q)
-                        problems.append(str(payload))
+                        problems.append(WorkerDeath(q, str(payload)))
             except (EOFError, OSError):
                 continue
         return problems
 
     def counters(self) -> dict[int, dict[str, int]]:
-        """Latest counter snapshot of each queue's worker."""
-        return {q: dict(c) for q, c in self._counters.items()}
+        """Counters of each queue: the live worker's latest snapshot plus the totals of the workers it replaced."""
+        out: dict[int, dict[str, int]] = {}
+        for q in self.queues:
+            c = dict(self._banked[q])
+            for k, v in self._counters[q].items():
+                c[k] = c.get(k, 0) + v if k not in GAUGES else v
+            if self.restarts[q]:
+                c["nfq:restarts"] = self.restarts[q]
+            out[q] = c
+        return out
+
+    def pids(self) -> dict[int, int]:
+        """Process id of each queue's current worker."""
+        return {q: p.pid for q, p in self._procs.items() if p.pid is not None}
 
     def stop(self, timeout: float = 5.0) -> dict[int, dict[str, int]]:
         """SIGTERM every worker, collect their final counters, reap them; then stop the residual manager."""

@@ -291,14 +291,25 @@ def test_engine_exception_fails_open_logged_once_or_fails_closed(lab: Lab, tmp_p
     assert lab.redweb_rules() == []
 
 
-def test_dead_worker_stops_the_run_and_removes_rules(lab: Lab) -> None:
-    live = Live(lab.router, "--queues", "0")
-    (worker,) = live.children()
-    os.kill(worker, signal.SIGKILL)
+def test_dead_worker_without_restarts_stops_the_run_and_removes_rules(lab: Lab) -> None:
+    # --restart-limit 0: a dead worker ends the run (restarts: tests/test_robustness_faults.py).
+    live = Live(lab.router, "--queues", "0", "--restart-limit", "0")
+    workers = [p for p in live.children() if comm(p) == "redweb-q0"]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
     rc, out, err = live.finish(None)  # no signal: the supervisor must notice on its own
     assert rc == 1
-    assert "worker for queue 0 died" in err
+    assert "worker for queue 0 died" in err and "--restart-limit" in err
     assert lab.redweb_rules() == []
+
+
+def comm(pid: int) -> str:
+    """The process name a RedWeb process gives itself (redweb-qN: a queue worker; redweb-residual: the manager)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def test_local_mode_censors_the_hosts_own_traffic(lab: Lab) -> None:
