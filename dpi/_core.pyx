@@ -313,6 +313,7 @@ cdef class Core:
     # configuration
     cdef int reassembly, budget, window, tcp_header_exact, require_syn, parse_both, server_syn_unblocks
     cdef int triggers_both, udp_window, new_flow_callback, max_fragments
+    cdef uint64_t max_buffer_bytes, buffer_bytes
     cdef FragCount* frags
     cdef double tcp_idle, udp_idle
     cdef int n_inside
@@ -324,13 +325,13 @@ cdef class Core:
     cdef public list events
     # counters
     cdef public uint64_t n_packets, n_dropped, n_flows, n_evicted, n_expired, n_callbacks, n_unparsed
-    cdef public uint64_t n_policed, n_frozen, n_fragments, n_active
+    cdef public uint64_t n_policed, n_frozen, n_fragments, n_active, n_buffer_full
 
     def __cinit__(self, object policy, *, int max_flows=65536, double tcp_idle=600.0, double udp_idle=60.0,
                   bint reassembly=True, int budget=16384, int window=0, int tcp_header_exact=0,
                   bint require_syn=True, bint parse_both=False, bint server_syn_unblocks=False,
                   bint triggers_both=False, object inside=(), int udp_window=1, bint new_flow_callback=True,
-                  int max_fragments=0):
+                  int max_fragments=0, uint64_t max_buffer_bytes=64 << 20):
         cdef int i
         cdef uint64_t nb = 1
         if max_flows < 1:
@@ -368,6 +369,8 @@ cdef class Core:
         self.udp_window = min(max(udp_window, 1), UDP_WINDOW_CAP)
         self.new_flow_callback = new_flow_callback
         self.max_fragments = max_fragments
+        self.max_buffer_bytes = max_buffer_bytes
+        self.buffer_bytes = 0
         self.frags = <FragCount*>calloc(FRAG_SLOTS, sizeof(FragCount)) if max_fragments > 0 else NULL
         if max_fragments > 0 and self.frags == NULL:
             raise MemoryError()
@@ -403,6 +406,7 @@ cdef class Core:
             if f.buf[d] != NULL:
                 free(f.buf[d])
                 f.buf[d] = NULL
+                self.buffer_bytes -= 2 * <uint64_t>self.budget
             if f.filled[d] != NULL:
                 free(f.filled[d])
                 f.filled[d] = NULL
@@ -648,10 +652,15 @@ cdef class Core:
             f.isn[d] = p.seq - 1
             f.has_isn[d] = 1
         if f.buf[d] == NULL:
+            if self.buffer_bytes + 2 * <uint64_t>self.budget > self.max_buffer_bytes:
+                # first-flight memory exhausted (a flood of half-sent requests): give up on this flow
+                self.n_buffer_full += 1
+                return self._after(f, R_RELEASE)
             f.buf[d] = <uint8_t*>malloc(self.budget)
             f.filled[d] = <uint8_t*>calloc(self.budget, 1)
             if f.buf[d] == NULL or f.filled[d] == NULL:
                 raise MemoryError()
+            self.buffer_bytes += 2 * <uint64_t>self.budget
         rel = <int64_t><int32_t>(p.seq - f.isn[d] - 1)
         start = <int>rel if rel > 0 else 0
         end = <int>(rel + p.payload_len) if rel + p.payload_len < self.budget else self.budget
@@ -934,16 +943,8 @@ cdef class Core:
         return self.capacity
 
     def memory_bytes(self):
-        """Bytes held by the table and the first-flight buffers (bounded: capacity and budget)."""
-        cdef uint64_t total = self.capacity * sizeof(Flow) + (self.nbuckets_mask + 1) * sizeof(int32_t)
-        cdef int32_t j = self.lru_head
-        cdef int d
-        while j >= 0:
-            for d in range(2):
-                if self.flows[j].buf[d] != NULL:
-                    total += 2 * self.budget
-            j = self.flows[j].lru_next
-        return total
+        """Bytes held by the table and the first-flight buffers (bounded: capacity, and max_buffer_bytes)."""
+        return self.capacity * sizeof(Flow) + (self.nbuckets_mask + 1) * sizeof(int32_t) + self.buffer_bytes
 
 
 cdef int link_header_len(const uint8_t* b, Py_ssize_t n, int linktype) nogil:

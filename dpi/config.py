@@ -28,6 +28,10 @@ class FlowTableConfig:
     idle_timeout: float = 600.0  # T21-6: throttling state released after ~10 min idle
     udp_idle_timeout: float = 60.0  # GQ-1: QUIC flow state lasts 60 s
     max_fragments: int = 0  # T22-5: IP packets of more than this many fragments are dropped; 0 = no limit
+    # All first-flight buffers together (each flow under reassembly holds 2 x tcp.budget per direction): past it,
+    # new flows are released uninspected, as an overloaded censor fails open. Bounds memory under a flood of
+    # half-sent requests, which the flow-table size alone does not (65536 flows x 64 KB would be 4 GB).
+    max_buffer_bytes: int = 64 << 20
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import socket
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -129,8 +130,10 @@ class Censor:
         self._quic_assemblers: dict[int, Any] = {}
         nets = tuple(inside) if inside is not None else profile.inside
         tcp, quic = profile.tcp, profile.quic
+        # The core holds a weak reference: Censor owns Core, and a strong cycle would keep the flow table (MBs)
+        # alive until the cyclic garbage collector happens to run.
         self.core = _core.Core(
-            self,
+            weakref.proxy(self),
             max_flows=profile.flows.max_flows,
             tcp_idle=profile.flows.idle_timeout,
             udp_idle=profile.flows.udp_idle_timeout,
@@ -146,6 +149,7 @@ class Censor:
             udp_window=1 if (quic.enabled and quic.first_datagram_only and not profile.dns.enabled) else 8,
             new_flow_callback=bool(self._flow_rules) or self._has_residual or record,
             max_fragments=profile.flows.max_fragments,
+            max_buffer_bytes=profile.flows.max_buffer_bytes,
         )
 
     # ------------------------------------------------------------------ set-up
@@ -216,6 +220,7 @@ class Censor:
             "packets": c.n_packets, "dropped": c.n_dropped, "flows": c.n_flows, "active_flows": c.n_active,
             "evicted": c.n_evicted, "expired": c.n_expired, "inspections": c.n_callbacks,
             "unparsed": c.n_unparsed, "policed": c.n_policed, "frozen": c.n_frozen, "fragments": c.n_fragments,
+            "buffer_full": c.n_buffer_full, "memory_bytes": c.memory_bytes(),
         }
         out.update(self.counters)
         return out

@@ -177,6 +177,7 @@ _SECTIONS: dict[str, type] = {
 # keeps them in C ints.
 _BOUNDS: dict[str, tuple[float | None, float | None]] = {
     "flows.max_flows": (1, 2**31 - 1),
+    "flows.max_buffer_bytes": (0, 2**40),
     "flows.idle_timeout": (0.001, None),
     "flows.udp_idle_timeout": (0.001, None),
     "quic.ports": (1, 65535),

@@ -321,3 +321,17 @@ def test_fragment_count_limit_drops_past_the_limit_per_ip_packet():
     assert [core.process(f, 0.0) & 1 for f in big] == [0, 0, 0, 1, 1, 1]
     assert [core.process(f, 0.0) & 1 for f in small] == [0, 0]
     assert core.n_fragments == 8
+
+
+def test_first_flight_memory_is_bounded_under_a_flood_of_half_sent_requests():
+    """All reassembly buffers together stay under max_buffer_bytes; flows past it are released uninspected."""
+    rec = Recorder()
+    core = _core.Core(rec, max_flows=10_000, budget=1024, max_buffer_bytes=100 * 2048)
+    base = core.memory_bytes()
+    for i in range(1000):
+        conv = TcpConversation(C, S, 10000 + i, 443).handshake().client_send(b"\x16\x03\x01\x02\x00" + b"x" * 10)
+        for ts, pkt in conv.packets:
+            core.process(pkt, ts)
+    assert core.memory_bytes() - base == 100 * 2048  # exactly the bound: 100 flows hold a 1 KB buffer + fill map
+    assert core.n_buffer_full == 900
+    assert core.active_flows == 1000  # the others are tracked, released: never buffered
