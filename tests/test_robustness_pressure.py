@@ -54,9 +54,10 @@ def flood(lab: Lab, count: int, rate: float, proto: str = "mix", payload: str = 
 
 def test_flow_flood_keeps_the_table_bounded_counts_evictions_and_legit_decisions_G_1(lab: Lab) -> None:
     # max_flows is large enough that a legitimate flow is not evicted between its SYN and its first data
-    # packet even when the queue holds a backlog of flood packets: evicting it would release it uncensored
+    # packet (5000 flood flows = 0.5 s at the flood's rate, even for a CPU-starved client) even when the queue
+    # holds a backlog of flood packets: evicting it would release it uncensored
     # (require_syn, G-1), which is faithful (state exhaustion evades real censors too) but not what is tested.
-    max_flows, count, port = 2000, 30_000, free_port()
+    max_flows, count, port = 5000, 30_000, free_port()
     # The queue holds more than the flood sends, so no packet can pass uninspected: every decision below is the
     # censor's, made while its table churns 15 times over.
     live = lab.censor("--metrics", f"127.0.0.1:{port}", "--queue-maxlen", "65536", "--verify-interval", "1",
