@@ -302,3 +302,28 @@ def test_fuzz_censor_with_real_profile_never_crashes(noise, cut, port, udp):
             d = run(c, conv.packets)[-1]
         assert d.verdict in (ACCEPT, DROP)
     assert c.core.active_flows <= 6
+
+
+def test_dns_in_path_replaces_the_answer_query_never_reaches_the_resolver():
+    p = Profile("dns", lists=LIST, rules=(Rule("dns", Match(dns_qname="bl"), Action(
+        type="dns-inject", dns_mode="in-path", pool_a=("203.0.113.1",))),))
+    d = Censor(p).process(udp_packet(C, "198.51.100.53", 33000, 53, dns_query("twitter.com")), 0.0)
+    assert d.verdict == DROP and len(d.inject) == 1
+
+
+@pytest.mark.parametrize("key, other_client_blocked, other_port_blocked", [
+    ("3-tuple", False, False), ("2-tuple", False, True), ("server-ip", True, True)])
+def test_residual_keys(key, other_client_blocked, other_port_blocked):
+    """Residual blocking keyed by 3-tuple (G-4), 2-tuple, or the server address alone."""
+    p = Profile("r", lists=LIST, tcp=TcpInspection(reassembly=True),
+                rules=(Rule("sni", Match(tls_sni="bl"), Action(type="rst"), residual=Residual(key=key, seconds=60)),))
+    c = Censor(p)
+    run(c, conn(client_hello("twitter.com"), cport=40000).packets)
+
+    def blocked(client: str, port: int, cport: int) -> bool:
+        conv = TcpConversation(client, S, cport, port, ts=1.0).handshake()
+        return run(c, conv.packets)[0].verdict == DROP
+
+    assert blocked(C, 443, 40001)                                   # same 3-tuple: always
+    assert blocked("10.0.0.99", 443, 40002) == other_client_blocked  # another client, same server and port
+    assert blocked(C, 8443, 40003) == other_port_blocked             # same client and server, another port
