@@ -139,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_probe_arguments(s)
     s.set_defaults(func=_run_module("dpi.probe", "probe_main"))
 
+    from dpi.measure.cli import add_measure_arguments  # stdlib + dpi.lab only at import: cheap
+    s = sub.add_parser("measure", help="run workloads through a lab: results as JSON/CSV, plots as PNG (needs root)")
+    add_measure_arguments(s)
+    s.set_defaults(func=_run_module("dpi.measure.cli", "measure_main"))
+
     from dpi.lab import add_lab_arguments  # standard library only: cheap to import
     s = sub.add_parser("lab", help="Mininet lab with real services and the censor (needs root)")
     add_lab_arguments(s)
