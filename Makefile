@@ -14,7 +14,7 @@ APT_PKGS   := python3 python3-venv python3-dev build-essential mininet iptables 
               dnsmasq-base dnsutils procps psmisc kmod
 PYTEST_ARGS ?=
 
-.PHONY: all setup system venv build test demo bench reproduce clean cleanup
+.PHONY: all setup system venv build test demo bench reproduce reproduce-quick clean cleanup
 
 all: build
 
@@ -56,9 +56,15 @@ demo: build
 bench: build
 	$(VENV)/bin/redweb bench classify
 	$(VENV)/bin/redweb bench rules
+	$(VENV)/bin/redweb bench inline
+	$(PY) bench/pressure.py
+	$(PY) bench/fuzz.py run --seconds 60
 
 reproduce: build
 	$(VENV)/bin/redweb measure reproduce --out out/reproduce
+
+reproduce-quick: build
+	$(VENV)/bin/redweb measure reproduce --quick --out out/reproduce-quick
 
 # Remove rules, namespaces and processes a killed run may have left behind.
 cleanup:
