@@ -11,9 +11,14 @@ what the *client* saw — curl's exit code and its measured `%{speed_download}` 
     frozen      data came, then stopped (curl's --speed-time; T25-1's 16 KB freeze)
     poisoned    the DNS answer differs from the lab's real address (GD-1, GD-2)
 
-The censor's event log is then read only to name, per row, the profile rules that fired. Each name has its own
-server address, so a residual block on one name (G-4) never spills onto another; HTTP, HTTPS and QUIC go to the
-name's real address, so each column shows one protocol's censorship, independent of the DNS column.
+The censor's event log is then read only to name, per row, the profile rules that fired (by the names the censor
+read or, for rules decided on addresses alone, by the row's server address). Each name has its own server
+address, so a residual block on one name (G-4) never spills onto another; HTTP, HTTPS and QUIC go to the name's
+real address, so each column shows one protocol's censorship, independent of the DNS column.
+
+Two rows are there for the IP-based rules: `cdn.example` and `banned-ip.example` are served from documentation
+ranges that the profiles list as hosting/CDN networks and blocked addresses (dpi.lab.HOSTED_NAMES): tspu-2025
+freezes HTTPS to cdn.example after 16 KB (T25-1), tspu-2022 drops everything to banned-ip.example (T22-3).
 """
 from __future__ import annotations
 
@@ -25,10 +30,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from dpi.lab import (CurlResult, DigResult, Lab, LabConfig, LabError, Terminated, bundled_profile_names,
-                     install_signal_handlers, require_root)
+from dpi.lab import (HOSTED_NAMES, CurlResult, DigResult, Lab, LabConfig, LabError, Terminated,
+                     bundled_profile_names, install_signal_handlers, require_root)
 
 DEFAULT_PROFILE = "redweb"
 FALLBACK_PROFILE = "gfw"
@@ -36,10 +41,11 @@ FALLBACK_PROFILE = "gfw"
 # Names chosen to show the bundled profiles' behaviours side by side: a control name on no list; the GFW's
 # exact-name form (=www.bbc.com blocks www.bbc.com but not bbc.com, G-2); separate TLS and HTTP lists
 # (=duckduckgo.com is only on the TLS list, G-1); the TSPU's Twitter patterns and their collateral (T21-1:
-# `t.co` inside reddit.com); the names everybody blocks; `blocked.example`, on every list of the `redweb` profile.
+# `t.co` inside reddit.com); the names everybody blocks; `blocked.example`, on every list of the `redweb` profile;
+# the hosted names, whose server addresses are on the IP-based lists (T22-3, T25-1, GF-2).
 DEMO_NAMES: tuple[str, ...] = ("example.org", "bbc.com", "www.bbc.com", "duckduckgo.com", "wikipedia.org",
                                "www.youtube.com", "facebook.com", "twitter.com", "abs.twimg.com", "reddit.com",
-                               "blocked.example")
+                               "blocked.example", *HOSTED_NAMES)
 DOMESTIC_ROW = "twitter.com"  # fetched from the domestic server: inside <-> inside is never censored
 
 PROTOCOLS = ("DNS", "HTTP", "HTTPS", "QUIC")
@@ -72,19 +78,33 @@ def _kb(n: int) -> str:
     return f"{n / 1000:.0f} KB" if n >= 1000 else f"{n} B"
 
 
-def classify_curl(r: CurlResult, throttle_bits: float = THROTTLE_BITS) -> Outcome:
-    """Outcome of one curl transfer, from its exit code, body size and measured speed."""
+def classify_curl(r: CurlResult, throttle_bits: float = THROTTLE_BITS,
+                  connect_timeout: float = CONNECT_TIMEOUT) -> Outcome:
+    """Outcome of one curl transfer, from its exit code, body size and measured speed.
+
+    curl 7.88 (Debian 12) reports a connection refused by a RST as "Couldn't connect to server" (the word
+    "refused" is only in its verbose output): a curl 7 that failed well before the connect timeout was answered,
+    and in the lab that answer is a RST (G-4's residual resets new connections at their SYN).
+    """
     slow = r.speed_bps * 8 < throttle_bits
     if r.rc == 0:
         if 200 <= r.http_code < 400:
             return Outcome("throttled", _kbit(r.speed_bps)) if slow else Outcome("allowed")
         return Outcome("error", f"HTTP {r.http_code}")
-    if r.rc in RESET_CODES or (r.rc == 7 and "refused" in r.error.lower()):
+    err = r.error.lower()
+    refused = "refused" in err or ("couldn't connect to server" in err and r.seconds < 0.5 * connect_timeout)
+    if r.rc in RESET_CODES or (r.rc == 7 and refused):
         return Outcome("reset", f"after {_kb(r.size)}" if r.size else "")
     if r.rc == 28:
+        stalled = "too slow" in r.error.lower()
+        if r.size == 0 and stalled and r.http_code > 0:
+            # The response began (status line and headers arrived), then nothing more: frozen (T25-1). The body
+            # count is 0 because the freeze lands inside the first body TLS record (up to 16 KB), which the
+            # client can never decrypt; the freeze itself counts bytes on the wire.
+            return Outcome("frozen", "after the headers")
         if r.size == 0:
             return Outcome("timeout")
-        if "too slow" in r.error.lower():
+        if stalled:
             return Outcome("frozen", f"after {_kb(r.size)}")
         return Outcome("throttled", _kbit(r.speed_bps)) if slow else Outcome("allowed", "(slow)")
     if r.rc in (51, 60):
@@ -129,9 +149,23 @@ def resolve_profile(name: str) -> tuple[str, str | None]:
     raise LabError(f"no profile {name!r}: bundled profiles are {', '.join(bundled) or 'none'}", 2)
 
 
-def rules_by_name(event_log: Path, names: Iterable[str]) -> dict[str, list[str]]:
-    """Which rules fired for which lab name, from the censor's event log (JSON lines; unknown lines ignored)."""
+def _server_address(server: object) -> str:
+    """`10.0.0.1:443` / `2001:db8::1:443` (the engine's `server` field) -> the address."""
+    return server.rpartition(":")[0] if isinstance(server, str) else ""
+
+
+def rules_by_name(event_log: Path, names: Iterable[str],
+                  addrs: Mapping[str, Iterable[str]] | None = None) -> dict[str, list[str]]:
+    """Which rules fired for which lab name, from the censor's event log (JSON lines; unknown lines ignored).
+
+    An event is credited to the lab names the censor read in it (SNI, Host, QUIC SNI, DNS name). An event that
+    names none of them (a rule decided on the server address alone, T22-3 or T25-1, or a residual) is credited
+    to the name whose server address it went to, when `addrs` (lab name -> its addresses) is given: every lab
+    name has its own address, so that attribution is unambiguous.
+    """
+    names = list(names)
     wanted = {n.lower(): n for n in names}
+    by_addr = {a: n for n in names for a in (addrs or {}).get(n, ()) if a}
     out: dict[str, list[str]] = {n: [] for n in names}
     try:
         lines = event_log.read_text(errors="replace").splitlines()
@@ -149,6 +183,8 @@ def rules_by_name(event_log: Path, names: Iterable[str]) -> dict[str, list[str]]
             for s in (v if isinstance(v, list) else [v]):
                 if isinstance(s, str) and s.lower().rstrip(".") in wanted:
                     seen.add(wanted[s.lower().rstrip(".")])
+        if not seen and (n := by_addr.get(_server_address(ev.get("server")))):
+            seen.add(n)
         for n in seen:
             if ev["rule"] not in out[n]:
                 out[n].append(str(ev["rule"]))
@@ -205,7 +241,9 @@ def run_demo(profile: str, out: Path, names: Sequence[str] | None = None, topo: 
     config = LabConfig(topo=topo, profile=profile, names=tuple(names), clients=1, workdir=out)
     results: list[tuple[str, dict[str, Outcome]]] = []
     metrics = ""
+    addrs: dict[str, tuple[str, str]] = {}
     with Lab(config) as lab:
+        addrs = dict(lab.names)
         client = lab.layout.clients[0]
         say(f"lab up: topology {topo}, censor {profile!r} on {lab.layout.censor}, client {client} "
             f"({lab.layout.node_addrs[client][0]}); probing {len(names)} names over {', '.join(PROTOCOLS)}...")
@@ -216,7 +254,7 @@ def run_demo(profile: str, out: Path, names: Sequence[str] | None = None, topo: 
                                                                 addr=lab.layout.domestic_addr[0])))
         metrics = lab.metrics_text()
     (out / "metrics.prom").write_text(metrics)
-    fired = rules_by_name(out / "events.jsonl", names)
+    fired = rules_by_name(out / "events.jsonl", names, addrs)
     return [(label, row, [] if label.endswith("@domestic") else fired.get(label, [])) for label, row in results]
 
 
@@ -256,6 +294,11 @@ def main(args: argparse.Namespace) -> int:
     print(f"allowed = completed at lab speed; reset = RST (curl 7/35/52/55/56); timed out = no answer; "
           f"throttled = below {THROTTLE_BITS // 1_000_000} Mbit/s (QUIC {QUIC_THROTTLE_BITS // 1_000_000}); "
           "frozen = data stopped; poisoned = DNS answer is not the lab's address")
+    hosted = [label for label, _row, _rules in rows if label in HOSTED_NAMES]
+    if hosted:
+        print(f"{' and '.join(hosted)}: served from documentation ranges that the IP-based rules list (hosting/CDN "
+              "networks T25-1 and GF-2, blocked addresses T22-3); every other name sits in the lab's private "
+              "foreign network")
     print(f"event log: {out / 'events.jsonl'} ({event_summary(out / 'events.jsonl')})")
     print(f"metrics:   {out / 'metrics.prom'} (snapshot of http://127.0.0.1:9100/metrics, served in the censor's "
           "namespace while the lab ran)")

@@ -39,15 +39,22 @@ METRICS_ADDR = "127.0.0.1:9100"  # inside the censor's namespace
 IPERF_PORT = 5201
 ENV_ID = "REDWEB_LAB_ID"
 
+# Lab names the topology serves from documentation ranges that the bundled profiles' IP lists contain
+# (topologies/labnet.py HOSTED): without them the IP-based rules never fire in a lab, whose other servers all sit
+# in a private "foreign" network. `cdn.example` stands for a server in a foreign hosting/CDN network (T25-1:
+# tspu-2025 freezes its TLS after 16 KB; GF-2: inside gfw-fet's server ranges); `banned-ip.example` for a server
+# on the IP registry (T22-3: tspu-2022 drops every packet to it). The names themselves are on no list.
+HOSTED_NAMES: tuple[str, ...] = ("cdn.example", "banned-ip.example")
+
 # Names served by the lab. Chosen so that the bundled profiles have something to do: names on the GFW lists in
 # their several forms (G-2), the TSPU's Twitter patterns with their collateral (T21-1: `t.co` inside
-# reddit.com and microsoft.com), `blocked.example` (on every list of the `redweb` profile), and control names on
-# no list. All resolve to lab addresses only.
+# reddit.com and microsoft.com), `blocked.example` (on every list of the `redweb` profile), control names on
+# no list, and the hosted names above (IP-based rules). All resolve to lab addresses only.
 LAB_NAMES: tuple[str, ...] = (
     "example.org", "example.com", "bbc.com", "www.bbc.com", "duckduckgo.com", "wikipedia.org", "www.wikipedia.org",
     "twitter.com", "www.twitter.com", "abs.twimg.com", "t.co", "reddit.com", "microsoft.com", "www.youtube.com",
     "www.google.com", "facebook.com", "instagram.com", "telegram.org", "www.torproject.org", "nytimes.com",
-    "www.nytimes.com", "dropbox.com", "archive.org", "github.com", "blocked.example",
+    "www.nytimes.com", "dropbox.com", "archive.org", "github.com", "blocked.example", *HOSTED_NAMES,
 )
 DOMESTIC_NAME = "intranet.lab"  # served by the domestic server (isp topology)
 
@@ -375,6 +382,11 @@ class Lab:
     def host_names(self) -> list[str]:
         return [h.name for h in self.net.hosts] if self.net is not None else []
 
+    @property
+    def hosted(self) -> tuple[Any, ...]:
+        """The topology's hosted names (labnet.HostedName: name, role, addr, network), served or not."""
+        return tuple(getattr(self.layout, "hosted", ())) if self.layout is not None else ()
+
     def addr(self, name: str, family: int = 4) -> str:
         """The real lab address of a lab name (what the resolver answers when nobody tampers)."""
         v4, v6 = self.names[name]
@@ -438,7 +450,12 @@ class Lab:
             params["delay"] = self.config.delay
         topo = build_topology(self.config.topo, **params)
         self.layout = topo.layout
+        # Every name keeps its positional per-name address (callers plan addresses that way: see
+        # dpi.measure.fet.planned_addresses); a hosted name is then served from its documentation-range address.
         self.names = dict(zip(self.config.names, self.layout.name_addrs))
+        for h in self.hosted:
+            if h.name in self.names:
+                self.names[h.name] = h.addr
         link = TCLink if (self.config.bw or self.config.delay) else Link
         self._bridges = [str(sw) for sw in topo.switches()]
         self._write_state(self._bridges)
@@ -488,9 +505,16 @@ class Lab:
             p.chmod(0o755)
 
     def _write_names(self) -> None:
-        lines = [f"{name} {v4} {v6}" for name, (v4, v6) in self.names.items()]
+        hosted = {h.name: h for h in self.hosted}
+        lines = [f"{name} {v4} {v6}" for name, (v4, v6) in self.names.items() if name not in hosted]
         if self.layout.domestic_addr:
             lines.append(f"{DOMESTIC_NAME} {self.layout.domestic_addr[0]} {self.layout.domestic_addr[1]}")
+        served = [h for h in self.hosted if h.name in self.names]
+        if served:  # same three columns; comments say why these addresses are not in the foreign network
+            lines.append("# hosted names: documentation-range addresses that the profiles' IP lists contain "
+                         "(tspu-2022 T22-3, tspu-2025 T25-1, gfw-fet GF-2); they exist only inside the lab")
+            for h in served:
+                lines += [f"# {h.name}: {h.role}", f"{h.name} {h.addr[0]} {h.addr[1]}"]
         (self.workdir / "names.txt").write_text("# lab name, IPv4, IPv6 (as the lab resolver answers)\n"
                                                 + "\n".join(lines) + "\n")
 
@@ -516,7 +540,7 @@ class Lab:
             self._popen(tag, node, [py, str(TOPOLOGY_DIR / "webserver.py"), "--cert", cert, "--key", key])
             self._popen(f"{tag}-iperf3", node, ["iperf3", "--server", "--port", str(IPERF_PORT)])
         # HTTP/3 answers from the address the client wrote to: one socket per server address (h3server.py).
-        binds = [a for pair in (L.web_addr, *L.name_addrs) for a in pair if a]
+        binds = [a for pair in (L.web_addr, *L.name_addrs, *[h.addr for h in self.hosted]) for a in pair if a]
         self._popen("h3", L.web, [py, str(TOPOLOGY_DIR / "h3server.py"), "--cert", cert, "--key", key,
                                   *[arg for a in binds for arg in ("--bind", a)]])
         if L.domestic:
@@ -861,6 +885,10 @@ def _banner(lab: Lab) -> str:
              f"  resolver {L.resolver_addr[0]} / {L.resolver_addr[1]}; names and addresses: {lab.workdir}/names.txt",
              f"  try: {c} labcurl https://twitter.com/    {c} h3get https://{some}/    "
              f"{c} dig @{L.resolver_addr[0]} twitter.com    {c} iperf3 -c {L.web_addr[0]} -t 3"]
+    served = [h for h in lab.hosted if h.name in lab.names]
+    if served:
+        lines.append("  hosted names, for the IP-based rules (T22-3 tspu-2022, T25-1 tspu-2025, GF-2 gfw-fet): "
+                     + "; ".join(f"{h.name} {h.addr[0]} / {h.addr[1]} ({h.role.split(' (')[0]})" for h in served))
     if lab.config.profile:
         lines.append(f"  events: {lab.event_log}; metrics: {L.censor} curl -s http://{METRICS_ADDR}/metrics")
     return "\n".join(lines)

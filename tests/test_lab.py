@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from dpi import demo
-from dpi.lab import (CurlResult, DigResult, Lab, LabConfig, LabError, STATE_DIR, lab_state_clean, parse_script,
-                     sweep_dead_labs)
+from dpi.lab import (HOSTED_NAMES, LAB_NAMES, CurlResult, DigResult, Lab, LabConfig, LabError, STATE_DIR, _banner,
+                     _lab_id_alive, lab_state_clean, parse_script, sweep_dead_labs)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO / "topologies"))
@@ -122,11 +122,21 @@ def test_classify_curl_outcomes() -> None:
     assert demo.classify_curl(_curl(56)).kind == "reset"
     assert demo.classify_curl(_curl(7, error="Failed to connect: Connection refused")).kind == "reset"
     assert demo.classify_curl(_curl(7, error="Failed to connect: No route to host")).kind == "error"
+    # curl 7.88's wording for a SYN answered by a RST (G-4 residual), fast: reset; at the connect timeout: not
+    assert demo.classify_curl(_curl(7, error="curl: (7) Couldn't connect to server")).kind == "reset"
+    slow = CurlResult(rc=7, http_code=0, size=0, speed_bps=0.0, seconds=3.0, error="Couldn't connect to server")
+    assert demo.classify_curl(slow).kind == "error"
     assert demo.classify_curl(_curl(28)).kind == "timeout"
     t = demo.classify_curl(_curl(28, 105_000, 17_500.0, 200, "Operation timed out after 6000 ms"))
     assert t.kind == "throttled" and t.detail == "140 kbit/s"  # T21-4's rate, as the client measured it
     f = demo.classify_curl(_curl(28, 16_384, 2_700.0, 200, "Operation too slow. Less than 1 bytes/sec"))
     assert f.kind == "frozen" and "16 KB" in f.detail  # T25-1
+    # T25-1 with the lab's server: the freeze lands inside the first 16 KB body TLS record, so curl has the
+    # status line and headers but decrypted no body byte: still frozen, not "timed out".
+    f = demo.classify_curl(_curl(28, 0, 0.0, 200, "Operation too slow. Less than 1 bytes/sec transferred"))
+    assert f.kind == "frozen" and f.detail == "after the headers"
+    # A stall before any response (a blackholed handshake, T22-2) stays "timed out".
+    assert demo.classify_curl(_curl(28, 0, 0.0, 0, "Operation too slow. Less than 1 bytes/sec")).kind == "timeout"
     assert demo.classify_curl(_curl(60)).kind == "error"
 
 
@@ -157,6 +167,27 @@ def test_rules_by_name_reads_the_event_log(tmp_path: Path) -> None:
     assert demo.event_summary(log).startswith("4 events")
 
 
+def test_rules_by_name_credits_address_rules_to_the_name_of_the_server(tmp_path: Path) -> None:
+    """T22-3 decides on the SYN: the event names nothing, so the row is found by its server address (v4 and v6);
+    an event that names a lab name is credited by name only, whatever its address."""
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join(json.dumps(e) for e in [
+        {"event": "rule", "rule": "ip-block", "server": "203.0.113.10:443", "names": {"kind": "flow"}},
+        {"event": "rule", "rule": "ip-block-v6", "server": "2001:db8:bad::10:80", "names": {"kind": "flow"}},
+        {"event": "rule", "rule": "sni-block", "server": "203.0.113.10:443", "names": {"sni": ["twitter.com"]}},
+    ]) + "\n")
+    addrs = {"banned-ip.example": ("203.0.113.10", "2001:db8:bad::10"), "twitter.com": ("10.200.1.2", "fd00::2")}
+    fired = demo.rules_by_name(log, ["banned-ip.example", "twitter.com"], addrs)
+    assert fired == {"banned-ip.example": ["ip-block", "ip-block-v6"], "twitter.com": ["sni-block"]}
+    # Without addresses (the old call), address-only events are credited to nobody.
+    assert demo.rules_by_name(log, ["banned-ip.example"]) == {"banned-ip.example": []}
+
+
+def test_hosted_names_are_served_by_default_and_shown_in_the_demo() -> None:
+    assert set(HOSTED_NAMES) == {"cdn.example", "banned-ip.example"}
+    assert set(HOSTED_NAMES) <= set(LAB_NAMES) and set(HOSTED_NAMES) <= set(demo.DEMO_NAMES)
+
+
 def test_resolve_profile_falls_back_and_rejects_unknown() -> None:
     names = [n for n in demo.bundled_profile_names()]
     if "gfw" not in names:
@@ -184,11 +215,27 @@ def _root_state() -> dict[str, object]:
     def run(*argv: str) -> str:
         return subprocess.run(argv, capture_output=True, text=True).stdout
 
-    return {"links": sorted(n for n in os.listdir("/sys/class/net") if LAB_LINK.search(n)),
+    # Labs of other live processes (another test session on this machine) are theirs to clean up: their bridges
+    # and state files are left out. A lab whose owner is dead, or this process's own, still counts.
+    others: set[str] = set()
+    for f in (STATE_DIR.glob("*.json") if STATE_DIR.exists() else ()):
+        try:
+            st = json.loads(f.read_text())
+            lab_id, tag = str(st["lab_id"]), str(st["tag"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if lab_id.partition(".")[0] != str(os.getpid()) and _lab_id_alive(lab_id):
+            others.add(tag)
+
+    def foreign(name: str) -> bool:
+        return any(name.startswith(t) for t in others)
+
+    return {"links": sorted(n for n in os.listdir("/sys/class/net") if LAB_LINK.search(n) and not foreign(n)),
             "netns": sorted(ln.split()[0] for ln in run("ip", "netns", "list").splitlines()
                             if ln.strip() and not ln.startswith("rwt")),
             "iptables": run("iptables", "-S").splitlines(), "ip6tables": run("ip6tables", "-S").splitlines(),
-            "state": sorted(p.name for p in STATE_DIR.glob("*.json")) if STATE_DIR.exists() else []}
+            "state": sorted(p.name for p in STATE_DIR.glob("*.json") if not foreign(p.stem))
+            if STATE_DIR.exists() else []}
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +244,8 @@ def gfw_lab(tmp_path_factory):
         pytest.skip("needs root and Mininet")
     before = _root_state()
     lab = Lab(LabConfig(topo="isp", profile="gfw", clients=1, workdir=tmp_path_factory.mktemp("gfwlab"),
-                        names=("example.org", "twitter.com", "www.bbc.com", "bbc.com", "www.youtube.com")))
+                        names=("example.org", "twitter.com", "www.bbc.com", "bbc.com", "www.youtube.com",
+                               *HOSTED_NAMES)))
     lab.start()
     try:
         yield lab
@@ -276,6 +324,168 @@ def test_redweb_probe_runs_in_a_lab_host_and_sees_the_censor(gfw_lab: Lab) -> No
     # www.youtube.com is used by no other test of this lab: no residual (G-4) from them can interfere
     assert probe("tls-record-frag", "www.youtube.com")["outcome"] == "ok"  # G-E: record fragmentation evades
     assert probe("none", "www.youtube.com")["outcome"] == "reset"
+
+
+HOSTED_ADDRS = {"cdn.example": ("198.51.100.10", "2001:db8:cd::10"),  # tspu-2025-hosting.txt, gfw-fet-servers.txt
+                "banned-ip.example": ("203.0.113.10", "2001:db8:bad::10")}  # tspu-2022-ip.txt
+
+
+@needs_lab
+@pytest.mark.mininet
+@pytest.mark.parametrize("name", HOSTED_NAMES)
+def test_hosted_names_resolve_to_documentation_ranges_and_are_served(gfw_lab: Lab, name: str) -> None:
+    """The names the IP-based rules (T22-3, T25-1, GF-2) act on: the resolver answers their documentation-range
+    addresses, and HTTPS (the lab CA covers them), HTTP and HTTP/3 answer there, over IPv4 and IPv6. gfw has no
+    IP rule and neither name is on its lists: all allowed."""
+    v4, v6 = HOSTED_ADDRS[name]
+    assert (gfw_lab.addr(name), gfw_lab.addr(name, 6)) == (v4, v6)
+    assert gfw_lab.dig("c1", name, "A").answers == (v4,)
+    assert gfw_lab.dig("c1", name, "AAAA").answers == (v6,)
+    r = gfw_lab.run("c1", f"labcurl -sS https://{name}/")  # resolved at the lab resolver, CA-verified
+    assert r.rc == 0 and f"sni: {name}" in r.stdout, r.stderr
+    for family in (4, 6):
+        assert gfw_lab.curl("c1", f"https://{name}/bytes/100000", family=family).size == 100_000
+        assert gfw_lab.curl("c1", f"http://{name}/bytes/1000", family=family).size == 1000
+    q = gfw_lab.h3("c1", f"https://{name}/bytes/50000")  # answered from the hosted address (h3server binds it)
+    assert q["result"] == "ok" and q["bytes"] == 50_000, q
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_names_file_and_banner_show_the_hosted_names(gfw_lab: Lab) -> None:
+    rows = {ln.split()[0]: ln.split()[1:] for ln in (gfw_lab.workdir / "names.txt").read_text().splitlines()
+            if ln and not ln.startswith("#")}
+    assert all(len(v) == 2 for v in rows.values()), "names.txt keeps three columns a line"
+    banner = _banner(gfw_lab)
+    for name, (v4, v6) in HOSTED_ADDRS.items():
+        assert rows[name] == [v4, v6]
+        assert f"{name} {v4} / {v6}" in banner
+    assert rows["example.org"] == list(gfw_lab.names["example.org"])
+
+
+# A TLS client that counts what the censor counts: server bytes on the wire (TCP payload), next to the body it
+# could decrypt. curl cannot show the first: the lab server sends 16 KB TLS records, and a record cut by the
+# freeze never decrypts. Prints one JSON line.
+WIRE_CLIENT = r"""
+import json, socket, ssl, sys
+addr, name, ca, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+tls_in, tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ssl.create_default_context(cafile=ca).wrap_bio(tls_in, tls_out, server_hostname=name)
+sock = socket.create_connection((addr, 443), timeout=5)
+sock.settimeout(1.5)  # this long without a byte: the flow is frozen (or done)
+wire, plain, complete = 0, b"", False
+def flush():
+    data = tls_out.read()
+    if data:
+        sock.sendall(data)
+def feed():
+    global wire
+    try:
+        data = sock.recv(65536)
+    except socket.timeout:
+        return False
+    wire += len(data)
+    tls_in.write(data)
+    return bool(data)
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        flush()
+        if not feed():
+            print(json.dumps({"wire": wire, "handshake": False, "body": 0, "complete": False}))
+            sys.exit(0)
+flush()
+tls.write(f"GET /bytes/{size} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+flush()
+while feed():
+    try:
+        while True:
+            plain += tls.read(65536)
+    except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+        pass
+    head, _, body = plain.partition(b"\r\n\r\n")
+    if len(body) >= size:
+        complete = True
+        break
+head, _, body = plain.partition(b"\r\n\r\n")
+print(json.dumps({"wire": wire, "handshake": True, "status": head.split(b"\r\n")[0].decode(errors="replace"),
+                  "body": len(body), "complete": complete}))
+"""
+
+
+def _wire_fetch(lab: Lab, name: str, addr: str, size: int = 200_000) -> dict:
+    r = lab.run("c1", [sys.executable, "-c", WIRE_CLIENT, addr, name, str(lab.ca), str(size)], timeout=30)
+    assert r.rc == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def tspu2025_lab(tmp_path_factory):
+    """tspu-2025 on the inline topology (its censor routes the hosted networks straight to the server)."""
+    if os.geteuid() != 0 or not HAVE_MININET:
+        pytest.skip("needs root and Mininet")
+    if "tspu-2025" not in demo.bundled_profile_names():
+        pytest.skip("tspu-2025 is not bundled")
+    with Lab(LabConfig(topo="inline", profile="tspu-2025", workdir=tmp_path_factory.mktemp("tspu2025"),
+                       names=("example.org", "wikipedia.org", *HOSTED_NAMES))) as lab:
+        yield lab
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_tspu_2025_freezes_tls_to_the_hosting_network_after_16kb(tspu2025_lab: Lab) -> None:
+    """T25-1: TLS to cdn.example (a "hosting/CDN network" address) stops once ~16 KB of server data has passed,
+    silently; the same download from a control name outside those networks completes."""
+    lab = tspu2025_lab
+    frozen = _wire_fetch(lab, "cdn.example", lab.addr("cdn.example"))
+    assert frozen["handshake"] and frozen["status"].endswith("200 OK"), frozen
+    assert not frozen["complete"] and frozen["body"] < 20_000, frozen
+    assert 15_000 <= frozen["wire"] <= 20_000, frozen  # T25-1: "~15-20 KB (often 16 KB)" of server data
+    control = _wire_fetch(lab, "wikipedia.org", lab.addr("wikipedia.org"))
+    assert control["complete"] and control["body"] == 200_000, control
+    # What the demo's row shows, from curl, over IPv6 too (the hosting list has 2001:db8:cd::/48).
+    for family in (4, 6):
+        r = lab.curl("c1", "https://cdn.example/bytes/200000", family=family, max_time=10, stall_seconds=1)
+        assert demo.classify_curl(r).kind == "frozen", r
+    assert demo.classify_curl(lab.curl("c1", "https://wikipedia.org/bytes/200000", stall_seconds=1)).kind \
+        == "allowed"
+    # Plain HTTP to the same server is not TLS: never frozen (T25-1 is about TLS connections).
+    assert lab.curl("c1", "http://cdn.example/bytes/200000", stall_seconds=1).size == 200_000
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_tspu_2025_allow_list_exempts_an_sni_on_the_hosting_network(tspu2025_lab: Lab) -> None:
+    """T25-1: an allow-listed SNI (example.org, rules/lists/tspu-2025-allow.txt) is not frozen, even when it is
+    served from the very hosting-network address that freezes cdn.example."""
+    lab = tspu2025_lab
+    r = _wire_fetch(lab, "example.org", lab.addr("cdn.example"))
+    assert r["complete"] and r["body"] == 200_000, r
+
+
+@needs_lab
+@pytest.mark.mininet
+def test_tspu_2022_drops_the_ip_blocked_server(tmp_path: Path) -> None:
+    """T22-3: every packet to banned-ip.example's address (on tspu-2022-ip.txt) is dropped: the client times out
+    over IPv4 and IPv6, HTTP and HTTPS; cdn.example (not on that list) and a control name are allowed."""
+    if "tspu-2022" not in demo.bundled_profile_names():
+        pytest.skip("tspu-2022 is not bundled")
+    with Lab(LabConfig(topo="isp", profile="tspu-2022", clients=1, workdir=tmp_path,
+                       names=("example.org", *HOSTED_NAMES))) as lab:
+        for url, family in (("https://banned-ip.example/", 4), ("http://banned-ip.example/", 6)):
+            r = lab.curl("c1", url, family=family, max_time=3, connect_timeout=1.5)
+            assert demo.classify_curl(r).cell() == "timed out", r
+        for name in ("example.org", "cdn.example"):
+            assert demo.classify_curl(lab.curl("c1", f"https://{name}/bytes/100000")).kind == "allowed", name
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            fired = demo.rules_by_name(lab.event_log, ["banned-ip.example"], lab.names)["banned-ip.example"]
+            if fired:
+                break
+            time.sleep(0.1)
+        assert fired == ["ip-block"]
 
 
 @needs_lab

@@ -31,7 +31,19 @@ def _root_links() -> set[str]:
 def _all_layout_addresses(layout) -> list[str]:
     out = [a for pair in layout.node_addrs.values() for a in pair]
     out += [a for pair in layout.name_addrs for a in pair]
+    out += [a for h in layout.hosted for a in h.addr]
     return out
+
+
+def _list_networks(name: str) -> list:
+    """The networks of an `ip`-format list in rules/lists/ (what the profiles' IP rules match)."""
+    text = (REPO / "rules" / "lists" / name).read_text()
+    return [ipaddress.ip_network(ln.split("#")[0].strip()) for ln in text.splitlines() if ln.split("#")[0].strip()]
+
+
+def _listed(addr: str, nets: list) -> bool:
+    ip = ipaddress.ip_address(addr)
+    return any(ip.version == n.version and ip in n for n in nets)
 
 
 # ------------------------------------------------------------------------------------------- address plans
@@ -64,8 +76,58 @@ def test_inside_covers_clients_and_domestic_but_not_the_servers(name: str) -> No
         assert all(is_inside(a) for a in L.node_addrs[c])
     if L.domestic:
         assert all(is_inside(a) for a in L.domestic_addr)
-    for a in (*L.web_addr, *L.resolver_addr, *[x for pair in L.name_addrs for x in pair]):
+    for a in (*L.web_addr, *L.resolver_addr, *[x for pair in L.name_addrs for x in pair],
+              *[x for h in L.hosted for x in h.addr]):
         assert not is_inside(a), f"{a} is a foreign server: the censor must see it as outside"
+
+
+@pytest.mark.parametrize("name", ["inline", "isp"])
+def test_hosted_names_sit_in_the_ranges_the_ip_rules_list(name: str) -> None:
+    """The point of the hosted names: their default addresses are on the bundled IP lists, so T22-3 (tspu-2022),
+    T25-1 (tspu-2025) and GF-2 (gfw-fet) act on them in the lab; the ordinary lab names are on none."""
+    L = build_topology(name).layout
+    hosted = {h.name: h.addr for h in L.hosted}
+    assert hosted == {"cdn.example": ("198.51.100.10", "2001:db8:cd::10"),
+                      "banned-ip.example": ("203.0.113.10", "2001:db8:bad::10")}
+    t22, t25, gf2 = (_list_networks(f) for f in ("tspu-2022-ip.txt", "tspu-2025-hosting.txt",
+                                                 "gfw-fet-servers.txt"))
+    assert all(_listed(a, t25) for a in hosted["cdn.example"]) and not any(_listed(a, t22) for a in
+                                                                           hosted["cdn.example"])
+    assert _listed(hosted["cdn.example"][0], gf2)
+    assert all(_listed(a, t22) for a in hosted["banned-ip.example"])
+    ordinary = [a for pair in (*L.name_addrs, L.web_addr, L.resolver_addr) for a in pair]
+    assert not any(_listed(a, nets) for a in ordinary for nets in (t22, t25, gf2))
+    # The lab's list of hosted names (dpi.lab) and the topology's agree.
+    from dpi.lab import HOSTED_NAMES
+    assert set(HOSTED_NAMES) == set(hosted)
+
+
+def test_hosted_networks_are_parameters() -> None:
+    L = build_topology("isp", hosting="192.0.2.0/24", hosting6="2001:db8:aa::/48", banned="", banned6="").layout
+    assert [(h.name, h.addr) for h in L.hosted] == [("cdn.example", ("192.0.2.10", "2001:db8:aa::10"))]
+    topo = build_topology("inline", banned="203.0.113.64/26")
+    assert [h.addr[0] for h in topo.layout.hosted] == ["198.51.100.10", "203.0.113.74"]
+    # The server carries the addresses, the router in front of it routes them to it: host routes only, so the
+    # rest of each range (where GD-2's forged DNS answers point) stays unreachable.
+    srv = topo.nodeInfo("srv")["ifaces"][0]
+    assert "198.51.100.10/32" in srv.v4 and "2001:db8:bad::10/128" in srv.v6
+    assert ("203.0.113.74/32", topo.layout.web_addr[0]) in topo.nodeInfo("censor")["routes"]
+    isp = build_topology("isp")
+    assert ("2001:db8:cd::10/128", isp.layout.web_addr[1]) in isp.nodeInfo("transit")["routes"]
+    assert not any(dst.startswith("198.51.100.0") for dst, _via in isp.nodeInfo("transit")["routes"])
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"hosting": "10.200.5.0/24"}, "overlaps"),           # inside the foreign network: would shadow lab names
+    ({"banned": "10.1.0.0/25"}, "overlaps"),             # inside the access network: the censor would see it inside
+    ({"hosting6": ""}, "go together"),
+    ({"banned": "2001:db8:bad::/48"}, "IPv4"),
+    ({"banned": "198.51.100.0/24"}, "share"),            # the same address for both names
+    ({"hosting": "not-a-net"}, "not a network"),
+])
+def test_hosted_networks_reject_bad_parameters(params: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_topology("isp", **params)
 
 
 def test_isp_parameters_change_the_plan() -> None:
@@ -161,6 +223,30 @@ def test_isp_routes_ipv4_and_ipv6_end_to_end(isp_net) -> None:
     # Domestic traffic crosses the censor without leaving the country.
     rc, out = _cmd(c1, f"ping -c1 -W3 {L.domestic_addr[0]}")
     assert rc == 0, out
+
+
+
+@needs_root
+@pytest.mark.mininet
+def test_isp_routes_the_hosted_names_inside_the_lab_only(isp_net) -> None:
+    """cdn.example / banned-ip.example addresses answer through censor and transit (IPv4 and IPv6), from the web
+    host; the machine's own namespace gets neither the addresses nor routes to them."""
+    net, L = isp_net
+    c1 = net["c1"]
+    for h in L.hosted:
+        rc, out = _cmd(c1, f"ping -c1 -W3 {h.addr[0]} && ping -6 -c1 -W3 {h.addr[1]}")
+        assert rc == 0, out
+        assert f"via {L.web_addr[0]}" in net["transit"].cmd(f"ip route get {h.addr[0]}")
+        assert h.addr[0] in net["web"].cmd("ip -4 addr show dev web-eth0")
+        # Only the served address: a neighbour in its range (a GD-2 forged answer, e.g. .25) is unreachable.
+        neighbour = str(ipaddress.ip_address(h.addr[0]) + 15)
+        rc, out = _cmd(c1, f"ping -c1 -W1 {neighbour}")
+        assert rc != 0, out
+        for family, a in (("-4", h.addr[0]), ("-6", h.addr[1])):
+            root = subprocess.run(["ip", family, "route", "show", "match", a], capture_output=True, text=True)
+            assert not any(ln.split()[0] != "default" for ln in root.stdout.splitlines()), root.stdout
+            addrs = subprocess.run(["ip", family, "addr", "show"], capture_output=True, text=True).stdout
+            assert f" {a}/" not in addrs
 
 
 @needs_root

@@ -12,6 +12,15 @@ Two things every node does, because the censor depends on them:
 - IPv6 addresses are added with `nodad` and duplicate-address detection is off, so IPv6 works the moment the
   lab is up instead of a second or two later.
 
+Hosted names. The lab's ordinary names all live in the topology's private "foreign" network, which no bundled
+profile lists by address, so the IP-based rules would never fire in a lab: T22-3 (tspu-2022 drops listed server
+addresses), T25-1 (tspu-2025 freezes TLS to hosting/CDN networks) and GF-2 (gfw-fet blocks only towards some
+server ranges). Their lists hold documentation ranges (RFC 5737, RFC 3849) that stand in for the real networks.
+So the web server also answers on one address inside each of those ranges, for one lab name each (`HOSTED`):
+the censor model stays as measured, and the lab supplies the servers it acts on. Those addresses exist only
+inside the lab's namespaces (on the web host, with host routes on the routers in front of it); nothing routes
+them anywhere else.
+
 This module imports nothing but the standard library and Mininet: `mn --custom` runs it with Debian's python3.
 """
 from __future__ import annotations
@@ -28,6 +37,20 @@ from mininet.nodelib import LinuxBridge
 Addr = tuple[str, str]  # (IPv4, IPv6), without prefix length
 
 OFFLOADS_OFF = ("tso", "off", "gso", "off", "gro", "off")
+
+# Lab names served from documentation ranges that the bundled profiles' IP lists contain (see the module doc):
+# name -> (what it stands for, the topology parameter naming its IPv4 network; IPv6: the same name + "6").
+HOSTING_NAME = "cdn.example"  # a foreign hosting/CDN server: T25-1's freeze (tspu-2025), GF-2's ranges (gfw-fet)
+BANNED_NAME = "banned-ip.example"  # a server on the IP registry: T22-3's drop (tspu-2022, and tspu-2025 by include)
+HOSTED: dict[str, tuple[str, str]] = {
+    HOSTING_NAME: ("hosting/CDN network (T25-1 freeze, GF-2 ranges)", "hosting"),
+    BANNED_NAME: ("IP-blocked server (T22-3)", "banned"),
+}
+# The defaults of those parameters: rules/lists/tspu-2025-hosting.txt and gfw-fet-servers.txt (198.51.100.0/24),
+# tspu-2022-ip.txt (203.0.113.0/25, 2001:db8:bad::/48). Each name gets host number 10 (IPv6 ::10) of its network.
+HOSTING_NET, HOSTING_NET6 = "198.51.100.0/24", "2001:db8:cd::/48"
+BANNED_NET, BANNED_NET6 = "203.0.113.0/25", "2001:db8:bad::/48"
+HOSTED_HOST4, HOSTED_HOST6 = 10, 0x10
 
 
 def nth(cidr: str, n: int) -> str:
@@ -55,6 +78,77 @@ def name_block(cidr: str, count: int, first: int) -> list[str]:
         raise ValueError(f"network {cidr} is too small for {count} name addresses from number {first}: "
                          "give the topology a larger server network")
     return [f"{net[first + i]}/{net.prefixlen}" for i in range(count)]
+
+
+@dataclass(frozen=True)
+class HostedName:
+    """A lab name served by the web host from an address of its own network (see the module doc, `HOSTED`)."""
+
+    name: str
+    role: str  # what the address stands for, for people (names.txt, the lab banner)
+    addr: Addr  # bare addresses
+    network: tuple[str, str]  # (IPv4 CIDR, IPv6 CIDR) the addresses were taken from (what the IP lists name)
+
+    def iface_addrs(self) -> tuple[str, str]:
+        """Host prefixes (/32, /128): only the served address exists in the lab, never the rest of its network.
+
+        The rest matters: the DNS injectors' pools (GD-2, rules/gfw-dns.yaml) also forge answers from these
+        documentation ranges, and a client that follows one must still find nothing there, as before.
+        """
+        return (f"{self.addr[0]}/32", f"{self.addr[1]}/128")
+
+
+def hosted_names(networks: dict[str, tuple[str, str]], elsewhere: Iterable[str] = ()) -> tuple[HostedName, ...]:
+    """The `HOSTED` names with their addresses, from the topology's parameters.
+
+    `networks` maps each `HOSTED` parameter name (`hosting`, `banned`) to its (IPv4, IPv6) networks; both empty
+    leaves that name out. `elsewhere` are the topology's other networks: a hosted network overlapping one of
+    them would either shadow lab addresses or, worse, make the server look *inside* to the censor (never
+    censored), so that is a ValueError, as is a hosted address used twice.
+    """
+    others = [ipaddress.ip_network(c, strict=False) for c in elsewhere]
+    out: list[HostedName] = []
+    seen: set[str] = set()
+    for name, (role, param) in HOSTED.items():
+        v4, v6 = (str(x).strip() for x in networks.get(param, ("", "")))
+        if not v4 and not v6:
+            continue
+        if not v4 or not v6:
+            raise ValueError(f"{param} and {param}6 go together: give both networks, or neither to leave "
+                             f"{name} out")
+        nets = []
+        for cidr, want, p in ((v4, 4, param), (v6, 6, param + "6")):
+            try:
+                net = ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{p}={cidr!r} is not a network (e.g. {HOSTING_NET if want == 4 else HOSTING_NET6})"
+                                 ) from None
+            if net.version != want:
+                raise ValueError(f"{p} must be an IPv{want} network, not {cidr!r}")
+            clash = [str(o) for o in others if o.version == net.version and o.overlaps(net)]
+            if clash:
+                raise ValueError(f"{p}={cidr} overlaps the topology's network {clash[0]}: hosted names need "
+                                 "networks of their own")
+            nets.append(net)
+        a4 = bare(nth(str(nets[0]), HOSTED_HOST4))
+        a6 = bare(nth(str(nets[1]), HOSTED_HOST6))
+        for a in (a4, a6):
+            if a in seen:
+                raise ValueError(f"two hosted names would share {a}: give {', '.join(p for _r, p in HOSTED.values())}"
+                                 " different networks")
+            seen.add(a)
+        out.append(HostedName(name, role, (a4, a6), (str(nets[0]), str(nets[1]))))
+    return tuple(out)
+
+
+def hosted_routes(hosted: Iterable[HostedName], via: Addr) -> list[tuple[str, str]]:
+    """Host routes to the hosted addresses through the web host (`via`: its (IPv4, IPv6)), for a router's
+    `routes` (host routes only: see HostedName.iface_addrs)."""
+    routes: list[tuple[str, str]] = []
+    for h in hosted:
+        a4, a6 = h.iface_addrs()
+        routes += [(a4, via[0]), (a6, via[1])]
+    return routes
 
 
 @dataclass(frozen=True)
@@ -87,6 +181,7 @@ class LabLayout:
     domestic_addr: Addr | None = None
     routers: tuple[str, ...] = ()
     node_addrs: dict[str, Addr] = field(default_factory=dict)  # primary addresses of every node
+    hosted: tuple[HostedName, ...] = ()  # names `web` also serves from documentation ranges (HOSTED)
 
 
 class LabHost(Host):

@@ -60,16 +60,7 @@ class Trial:
                 None if self.seconds is None else round(self.seconds, 4)}
 
 
-def classify_curl(r: Any, throttle_bits: float = demo.THROTTLE_BITS,
-                  connect_timeout: float = demo.CONNECT_TIMEOUT) -> demo.Outcome:
-    """`demo.classify_curl`, plus one case it misses: curl 7.88 (Debian 12) reports a connection refused by a
-    RST as "Couldn't connect to server" (the word "refused" is only in its verbose output). A curl 7 that failed
-    well before the connect timeout was answered, and in the lab the answer is a RST: G-4's residual resets new
-    connections at their SYN."""
-    o = demo.classify_curl(r, throttle_bits)
-    if o.kind == "error" and r.rc == 7 and r.seconds < 0.5 * connect_timeout:
-        return demo.Outcome("reset", "refused")
-    return o
+classify_curl = demo.classify_curl
 
 
 def _curl_trial(lab: Lab, client: str, name: str, workload: str, url: str, max_time: float,
