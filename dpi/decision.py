@@ -5,6 +5,7 @@ tests), so that every feed applies exactly the same censorship.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 ACCEPT = 0
@@ -22,7 +23,8 @@ MARK_DROP = 2
 class Decision:
     verdict: int = ACCEPT
     mark: int = MARK_NONE
-    # Forged packets to send, each (delay in seconds after this packet, raw IP packet bytes).
-    inject: list[tuple[float, bytes]] = field(default_factory=list)
+    # Forged packets to send, each (delay in seconds after this packet, raw IP packet bytes). Read-only: the
+    # engine shares one Decision (with empty tuples) between all packets that need nothing more.
+    inject: Sequence[tuple[float, bytes]] = field(default_factory=list)
     # One dict per censorship event (a rule fired, a residual hit): the JSON event log's lines.
-    events: list[dict] = field(default_factory=list)
+    events: Sequence[dict] = field(default_factory=list)

@@ -28,7 +28,6 @@ Overload and faults (issue 7): a censor in the path of all traffic must never be
 from __future__ import annotations
 
 import ctypes
-import errno
 import heapq
 import itertools
 import json
@@ -523,24 +522,13 @@ class CensoredFlowRecorder:
 
 # -- the worker ----------------------------------------------------------------------------------------------------
 READ_BATCH = 256  # packets read from the queue before the worker looks at its timers and heartbeat again
+_monotonic = time.monotonic
 
 
-class _Batch:
-    """A socket for `NetfilterQueue.run_socket` that reports "empty" (EAGAIN) after `left` reads, so that the
-    library's read loop returns to the worker's poll loop even when packets keep coming."""
-
-    def __init__(self, sock: socket.socket, left: int) -> None:
-        sock.setblocking(False)
-        self.sock, self.left = sock, left
-
-    def recv(self, size: int) -> bytes:
-        if self.left <= 0:
-            raise BlockingIOError(errno.EAGAIN, "batch done")
-        self.left -= 1
-        return self.sock.recv(size)
-
-    def close(self) -> None:
-        self.sock.close()
+class _BatchDone(Exception):
+    """Raised by the callback after READ_BATCH packets: netfilterqueue propagates it out of its read loop, so the
+    worker gets back to its poll loop (timers, heartbeat) even when packets keep coming. Raising once per batch
+    from the callback costs less than a Python-level recv() per packet."""
 @dataclass(frozen=True)
 class WorkerConfig:
     queue: int
@@ -574,9 +562,20 @@ class Worker:
         self.injected = self.inject_errors = 0
         self.errors = self.apply_errors = 0
         self.fail_open_problem: str | None = None  # why NFQA_CFG_F_FAIL_OPEN could not be set (None: it is)
+        self._batch_left = READ_BATCH
+        # bound once: these run for every queued packet
+        self._process = censor.process
+        self._offload = config.offload
 
-    # The callback. Nothing in it may raise into netfilterqueue, and every packet gets exactly one verdict.
     def on_packet(self, pkt: Any) -> None:
+        """netfilterqueue's callback: one verdict per packet, then (once per batch) back to the poll loop."""
+        self._on_packet(pkt)
+        self._batch_left -= 1
+        if self._batch_left <= 0:
+            raise _BatchDone
+
+    # Nothing in it may raise into netfilterqueue, and every packet gets exactly one verdict.
+    def _on_packet(self, pkt: Any) -> None:
         self.packets += 1
         try:
             mark = pkt.mark
@@ -592,26 +591,32 @@ class Worker:
             self._verdict_safe(pkt, self.cfg.fail_closed)
             return
         try:
-            d = self.censor.process(data, time.monotonic())
+            d = self._process(data, _monotonic())
             verdict, fmark = d.verdict, d.mark
         except Exception as e:
             self._failed(e, data)
             self._verdict_safe(pkt, self.cfg.fail_closed)
             return
-        try:
-            if d.inject:
-                self._schedule(d.inject)
-            if d.events:
-                self._events(d.events)
-            if self._pcap is not None:
-                self._pcap.packet(data, bool(d.events))
-        except Exception as e:
-            self.apply_errors += 1
-            self._log_once(e, data, "apply")
+        if d.inject or d.events or self._pcap is not None:  # the rare packets that do more than pass/drop
+            try:
+                if d.inject:
+                    self._schedule(d.inject)
+                if d.events:
+                    self._events(d.events)
+                if self._pcap is not None:
+                    self._pcap.packet(data, bool(d.events))
+            except Exception as e:
+                self.apply_errors += 1
+                self._log_once(e, data, "apply")
         drop = verdict == DROP
         try:
-            if fmark == MARK_NONE or not self.cfg.offload or (drop and fmark == MARK_ACCEPT):
-                self._verdict(pkt, drop)
+            if fmark == MARK_NONE or not self._offload or (drop and fmark == MARK_ACCEPT):
+                if drop:
+                    self.dropped += 1
+                    pkt.drop()
+                else:
+                    self.accepted += 1
+                    pkt.accept()
             elif fmark == MARK_ACCEPT:
                 self.offload_accept += 1
                 self.accepted += 1
@@ -757,7 +762,8 @@ class Worker:
         fd = self._nfq.get_fd()
         # Packets are read in batches (netfilterqueue's own loop reads until the socket is empty, which under a
         # flood is never): between batches the worker sends its heartbeat and fires due injections.
-        batch = _Batch(socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW), READ_BATCH)
+        sock = socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW)
+        sock.setblocking(False)  # run_socket returns at EAGAIN (queue empty) or when a batch is done
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         if wakeup_fd is not None:
@@ -770,8 +776,11 @@ class Worker:
             wait = min(next_publish - now, until_timer if until_timer is not None else PUBLISH_INTERVAL)
             for rfd, _ in poller.poll(max(0, int(wait * 1000) + 1)):
                 if rfd == fd:
-                    batch.left = READ_BATCH
-                    self._nfq.run_socket(batch)
+                    self._batch_left = READ_BATCH
+                    try:
+                        self._nfq.run_socket(sock)
+                    except _BatchDone:
+                        pass
                 elif wakeup_fd is not None:
                     try:
                         os.read(wakeup_fd, 512)
@@ -786,11 +795,16 @@ class Worker:
                 if self._publish is not None:
                     self._publish(self.counters())
         # Drain what is still queued (the rules are removed first, so nothing new arrives).
-        try:
-            self._nfq.run(block=False)
-        except OSError:
-            pass
-        batch.close()
+        while True:
+            self._batch_left = READ_BATCH
+            try:
+                self._nfq.run_socket(sock)
+                break
+            except _BatchDone:
+                continue
+            except OSError:
+                break
+        sock.close()
 
     def close(self) -> None:
         if self._nfq is not None:
