@@ -138,7 +138,7 @@ cdef struct FragCount:
     uint32_t count
 
 
-cdef inline uint64_t _mix(uint64_t h) nogil:
+cdef inline uint64_t _mix(uint64_t h) noexcept nogil:
     h ^= h >> 33
     h *= 0xff51afd7ed558ccdULL
     h ^= h >> 33
@@ -147,14 +147,14 @@ cdef inline uint64_t _mix(uint64_t h) nogil:
     return h
 
 
-cdef inline uint64_t _hash_bytes(const uint8_t* b, int n, uint64_t h) nogil:
+cdef inline uint64_t _hash_bytes(const uint8_t* b, int n, uint64_t h) noexcept nogil:
     cdef int i
     for i in range(n):
         h = (h ^ b[i]) * 0x100000001b3ULL
     return h
 
 
-cdef int parse_ip(const uint8_t* b, Py_ssize_t n, Pkt* p) nogil:
+cdef int parse_ip(const uint8_t* b, Py_ssize_t n, Pkt* p) noexcept nogil:
     """Parse an IPv4/IPv6 packet (no link header). Returns 1 when a TCP/UDP flow key could be read."""
     cdef int ihl, off, nh, hl, total, frag
     cdef uint16_t fo
@@ -261,7 +261,7 @@ cdef int parse_ip(const uint8_t* b, Py_ssize_t n, Pkt* p) nogil:
     return 0
 
 
-cdef inline int _prefix_match(const uint8_t* addr, const uint8_t* net, int plen) nogil:
+cdef inline int _prefix_match(const uint8_t* addr, const uint8_t* net, int plen) noexcept nogil:
     cdef int full = plen >> 3
     cdef int rem = plen & 7
     cdef uint8_t m
@@ -400,7 +400,7 @@ cdef class Core:
             free(self.frags)
 
     # ------------------------------------------------------------------ flow table
-    cdef inline void _free_buffers(self, Flow* f) nogil:
+    cdef inline void _free_buffers(self, Flow* f) noexcept nogil:
         cdef int d
         for d in range(2):
             if f.buf[d] != NULL:
@@ -411,7 +411,7 @@ cdef class Core:
                 free(f.filled[d])
                 f.filled[d] = NULL
 
-    cdef inline void _lru_unlink(self, int32_t i) nogil:
+    cdef inline void _lru_unlink(self, int32_t i) noexcept nogil:
         cdef Flow* f = &self.flows[i]
         if f.lru_prev >= 0:
             self.flows[f.lru_prev].lru_next = f.lru_next
@@ -422,7 +422,7 @@ cdef class Core:
         else:
             self.lru_tail = f.lru_prev
 
-    cdef inline void _lru_push_front(self, int32_t i) nogil:
+    cdef inline void _lru_push_front(self, int32_t i) noexcept nogil:
         cdef Flow* f = &self.flows[i]
         f.lru_prev = -1
         f.lru_next = self.lru_head
@@ -432,7 +432,7 @@ cdef class Core:
         if self.lru_tail < 0:
             self.lru_tail = i
 
-    cdef void _remove(self, int32_t i) nogil:
+    cdef void _remove(self, int32_t i) noexcept nogil:
         cdef Flow* f = &self.flows[i]
         cdef uint64_t b = f.hash & self.nbuckets_mask
         cdef int32_t j = self.buckets[b]
@@ -453,13 +453,13 @@ cdef class Core:
         self.free_head = i
         self.n_active -= 1
 
-    cdef inline uint64_t _key_hash(self, Pkt* p) nogil:
+    cdef inline uint64_t _key_hash(self, Pkt* p) noexcept nogil:
         # symmetric: both directions of a flow hash alike
         cdef uint64_t ha = _hash_bytes(p.src, p.alen, 0xcbf29ce484222325ULL) ^ (<uint64_t>p.sport << 17)
         cdef uint64_t hb = _hash_bytes(p.dst, p.alen, 0xcbf29ce484222325ULL) ^ (<uint64_t>p.dport << 17)
         return _mix(_mix(ha) + _mix(hb) + <uint64_t>p.proto)
 
-    cdef int32_t _find(self, Pkt* p, uint64_t h, int* from_client) nogil:
+    cdef int32_t _find(self, Pkt* p, uint64_t h, int* from_client) noexcept nogil:
         cdef int32_t j = self.buckets[h & self.nbuckets_mask]
         cdef Flow* f
         while j >= 0:
@@ -476,14 +476,14 @@ cdef class Core:
             j = f.next
         return -1
 
-    cdef int _is_inside(self, const uint8_t* addr, int version) nogil:
+    cdef int _is_inside(self, const uint8_t* addr, int version) noexcept nogil:
         cdef int i
         for i in range(self.n_inside):
             if self.inside_ver[i] == version and _prefix_match(addr, self.inside_net[i], self.inside_len[i]):
                 return 1
         return 0
 
-    cdef int32_t _create(self, Pkt* p, uint64_t h, int client_is_src, double ts) nogil:
+    cdef int32_t _create(self, Pkt* p, uint64_t h, int client_is_src, double ts) noexcept nogil:
         cdef int32_t i
         cdef Flow* f
         cdef int ci, si
@@ -534,7 +534,7 @@ cdef class Core:
         self.n_active += 1
         return i
 
-    cdef inline int _censored_direction(self, Flow* f) nogil:
+    cdef inline int _censored_direction(self, Flow* f) noexcept nogil:
         """Whether connections in this flow's direction can trigger at all (T21-5, T22-1, H-1 vs G-1)."""
         if f.direction == D_OUTBOUND:
             return 1
@@ -593,7 +593,7 @@ cdef class Core:
         return c.verdict
 
     # ------------------------------------------------------------------ per-state packet handling
-    cdef inline int _police(self, Flow* f, int d, int size, double ts) nogil:
+    cdef inline int _police(self, Flow* f, int d, int size, double ts) noexcept nogil:
         """Token-bucket policer (T21-4): packets over the bucket are dropped, never delayed."""
         cdef double t
         if f.refill_ts[d] >= 0:
@@ -606,7 +606,7 @@ cdef class Core:
         self.n_policed += 1
         return V_DROP
 
-    cdef inline int _decided(self, Flow* f, Pkt* p, int from_client, double ts) nogil:
+    cdef inline int _decided(self, Flow* f, Pkt* p, int from_client, double ts) noexcept nogil:
         cdef int st = f.state
         if st == S_ACCEPT:
             if not f.mark_sent:
@@ -715,7 +715,7 @@ cdef class Core:
         return 0
 
     # ------------------------------------------------------------------ IP fragments (T22-5)
-    cdef int _fragment(self, Pkt* p, double ts) nogil:
+    cdef int _fragment(self, Pkt* p, double ts) noexcept nogil:
         """Count the fragments of each IP packet; past `max_fragments` they are dropped (T22-5: > 45).
 
         Fragments are never reassembled for inspection: they are forwarded (or dropped) one by one. A small
@@ -832,12 +832,12 @@ cdef class Core:
                 code = 0
         return code | self._account(f, code)
 
-    cdef inline int _account(self, Flow* f, int code) nogil:
+    cdef inline int _account(self, Flow* f, int code) noexcept nogil:
         if code & V_DROP:
             self.n_dropped += 1
         return 0
 
-    cdef inline void _touch(self, int32_t i, Flow* f, Pkt* p, double ts) nogil:
+    cdef inline void _touch(self, int32_t i, Flow* f, Pkt* p, double ts) noexcept nogil:
         f.last_ts = ts
         f.packets += 1
         f.bytes += p.ip_len
@@ -947,7 +947,7 @@ cdef class Core:
         return self.capacity * sizeof(Flow) + (self.nbuckets_mask + 1) * sizeof(int32_t) + self.buffer_bytes
 
 
-cdef int link_header_len(const uint8_t* b, Py_ssize_t n, int linktype) nogil:
+cdef int link_header_len(const uint8_t* b, Py_ssize_t n, int linktype) noexcept nogil:
     """Bytes of link-layer header before the IP packet, or -1 when it does not carry IPv4/IPv6."""
     cdef int off, et
     if linktype == 101 or linktype == 12 or linktype == 14 or linktype == 228 or linktype == 229:

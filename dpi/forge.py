@@ -48,7 +48,7 @@ _IPV6_MAX_EXTENSIONS = 8
 # IP / TCP / UDP building
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
     """RFC 1071 Internet checksum (one's complement of the one's complement sum of 16-bit words)."""
     if len(data) % 2:
         data += b"\x00"
@@ -91,7 +91,7 @@ def _ip_packet(version: int, src: bytes, dst: bytes, proto: int, l4: bytes, *, t
     if total > 0xFFFF:
         raise ValueError("packet too long for IPv4")
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ip_id, _IPV4_DF if df else 0, ttl, proto, 0, src, dst)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + l4
+    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + l4
 
 
 def _check_port(port: int) -> None:
@@ -114,7 +114,7 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, f
     header = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags & 0xFF,
                          window, 0, 0)
     segment = header + payload
-    csum = _checksum(_pseudo_header(version, s, d, IPPROTO_TCP, len(segment)) + segment)
+    csum = checksum(_pseudo_header(version, s, d, IPPROTO_TCP, len(segment)) + segment)
     segment = segment[:16] + struct.pack("!H", csum) + segment[18:]
     return _ip_packet(version, s, d, IPPROTO_TCP, segment, ttl=ttl, ip_id=ip_id, df=df)
 
@@ -129,7 +129,7 @@ def udp_packet(src: str, dst: str, sport: int, dport: int, payload: bytes, *, tt
     if length > 0xFFFF:
         raise ValueError("UDP payload too long")
     datagram = struct.pack("!HHHH", sport, dport, length, 0) + payload
-    csum = _checksum(_pseudo_header(version, s, d, IPPROTO_UDP, length) + datagram) or 0xFFFF
+    csum = checksum(_pseudo_header(version, s, d, IPPROTO_UDP, length) + datagram) or 0xFFFF
     datagram = datagram[:6] + struct.pack("!H", csum) + datagram[8:]
     return _ip_packet(version, s, d, IPPROTO_UDP, datagram, ttl=ttl, ip_id=ip_id, df=df)
 

@@ -22,13 +22,8 @@ def client_hello(server_name: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -
     ctx.verify_mode = ssl.CERT_NONE
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    sock = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    try:
-        sock.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+    from dpi.strategies.tcpclient import client_hello as first_flight
+    return first_flight(ctx, server_name)[3]
 
 
 @functools.lru_cache(maxsize=512)

@@ -21,20 +21,13 @@ from typing import Any
 from dpi.decision import ACCEPT, DROP, MARK_ACCEPT, MARK_DROP, MARK_NONE, Decision
 from dpi.residual import LocalResidualStore
 
+from dpi.forge import checksum as _csum
+
 BLOCK = b"Host: blocked.test"
 RESET = b"Host: reset.test"
 RAISE = b"X-Plumbing: raise"
 RST_DELAY = 0.02
 RESIDUAL_SECONDS = 60.0
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _tcp_packet(v6: bool, src: bytes, dst: bytes, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:

@@ -21,6 +21,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from dpi.forge import checksum  # RFC 1071, shared with the censor's own forging
+
 # linux/tcp.h
 TCP_REPAIR = 19
 TCP_REPAIR_QUEUE = 20
@@ -141,16 +143,6 @@ def wait_sent(sock: socket.socket, limit: float = 1.0) -> bool:
             return False
         time.sleep(0.0005)
     return True
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def tcp_checksum(src: bytes, dst: bytes, segment: bytes) -> int:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 from tests.realstack.capture import capture_first_flight, tls_client_hello_complete
 
+from dpi.strategies.tcpclient import client_hello
+
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -34,13 +36,7 @@ def _python_ssl_client_hello(server_name: str | None, alpn: tuple[str, ...] | No
         ctx.minimum_version = ctx.maximum_version = _TLS_VERSIONS[tls_version]
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_name)
-    try:
-        tls.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
+    return client_hello(ctx, server_name)[3]
 
 
 def openssl_client_hello(server_name: str, *, alpn: Sequence[str] | None = None,
