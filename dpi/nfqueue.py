@@ -182,16 +182,7 @@ class SharedResidual:
 # -- queue ownership -------------------------------------------------------------------------------------------
 def queue_holders() -> dict[int, int]:
     """Queues bound in this network namespace → netlink port id of the holder (usually its pid)."""
-    out: dict[int, int] = {}
-    try:
-        with open(QUEUE_PROC, encoding="ascii") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].isdigit():
-                    out[int(parts[0])] = int(parts[1])
-    except OSError:
-        pass
-    return out
+    return {q: s.portid for q, s in queue_stats().items()}
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,7 @@ sys.path.append(str(REPO / "topologies"))
 import labca  # noqa: E402
 import webserver  # noqa: E402
 
-try:
-    import mininet.net  # noqa: F401
-    HAVE_MININET = True
-except ImportError:
-    HAVE_MININET = False
-
-needs_lab = pytest.mark.skipif(os.geteuid() != 0 or not HAVE_MININET or shutil.which("mnexec") is None
-                               or shutil.which("dnsmasq") is None,
-                               reason="needs root, Mininet and the lab's programs (make setup)")
+from tests.labmark import HAVE_MININET, needs_lab  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- lab CA

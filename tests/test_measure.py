@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
@@ -47,15 +45,7 @@ sys.path.append(str(REPO / "topologies"))
 import labca
 import webserver
 
-try:
-    import mininet.net  # noqa: F401
-    HAVE_MININET = True
-except ImportError:
-    HAVE_MININET = False
-
-needs_lab = pytest.mark.skipif(os.geteuid() != 0 or not HAVE_MININET or shutil.which("mnexec") is None
-                               or shutil.which("dnsmasq") is None,
-                               reason="needs root, Mininet and the lab's programs (make setup)")
+from tests.labmark import needs_lab  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------------ statistics
