@@ -32,6 +32,14 @@ class Host:
             args = shlex.split(args)
         return subprocess.run(self.cmd(args), check=check, text=True, capture_output=True, timeout=timeout)
 
+    def redweb_rules(self) -> list[str]:
+        """Every iptables/ip6tables rule or chain in this namespace that RedWeb owns, as `iptables -S` prints it."""
+        out = []
+        for b in ("iptables", "ip6tables"):
+            out += [f"{b} {line}" for line in self.run([b, "-S"]).stdout.splitlines()
+                    if "redweb" in line or "REDWEB" in line]
+        return out
+
     def popen(self, args: list[str] | str, **kw) -> subprocess.Popen:
         if isinstance(args, str):
             args = shlex.split(args)

@@ -14,7 +14,6 @@ import json
 import multiprocessing
 import os
 import re
-import select
 import shutil
 import signal
 import socket
@@ -67,11 +66,7 @@ class Lab:
         return r.returncode, r.stdout
 
     def redweb_rules(self) -> list[str]:
-        out = []
-        for b in ("iptables", "ip6tables"):
-            out += [f"{b} {line}" for line in self.router.run([b, "-S"]).stdout.splitlines()
-                    if "redweb" in line or "REDWEB" in line]
-        return out
+        return self.router.redweb_rules()
 
     def forwarded_packets(self) -> int:
         total = 0

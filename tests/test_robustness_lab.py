@@ -122,11 +122,7 @@ class Lab:
         return Live(self.router, *args, module="dpi.cli", profile=str(path))
 
     def rules(self) -> list[str]:
-        out = []
-        for b in ("iptables", "ip6tables"):
-            out += [f"{b} {line}" for line in self.router.run([b, "-S"]).stdout.splitlines()
-                    if "redweb" in line or "REDWEB" in line]
-        return out
+        return self.router.redweb_rules()
 
     def netfilter_state(self) -> str:
         """Every rule of both families (counters left out): equal before a run and after its cleanup."""

@@ -1,6 +1,6 @@
 """First client packets for GF-1: a real Shadowsocks-AEAD first packet, and one payload per exemption.
 
-`exemptions` restates Wu et al.'s five rules (USENIX Security 2023, GF-1) independently of `dpi._extract`, so a
+`exemptions` applies Wu et al.'s five rules (USENIX Security 2023, GF-1) independently of `dpi._extract`, so a
 test can first prove its fixture is what it claims (exempt by exactly one rule, or by none) before asking the
 censor. Payloads are drawn from a seeded `random.Random` until they qualify, so every run uses the same bytes.
 """
@@ -13,34 +13,20 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from dpi.measure import payloads
+
 PRINTABLE = range(0x20, 0x7F)
 
 
-def _printable(byte: int) -> bool:
-    return 0x20 <= byte <= 0x7E
+_printable = payloads.printable
 
 
 def exemptions(data: bytes) -> set[str]:
-    """Every GF-1 exemption that holds for `data` (Ex1 .. Ex5); empty = fully-encrypted-looking, blockable."""
-    n = len(data)
-    held: set[str] = set()
-    bits = sum(bin(b).count("1") for b in data)
-    if bits * 10 <= 34 * n or bits * 10 >= 46 * n:  # average <= 3.4 or >= 4.6 set bits per byte
-        held.add("Ex1")
-    if n >= 6 and all(_printable(b) for b in data[:6]):
-        held.add("Ex2")
-    if sum(_printable(b) for b in data) * 2 > n:
-        held.add("Ex3")
-    run = best = 0
-    for b in data:
-        run = run + 1 if _printable(b) else 0
-        best = max(best, run)
-    if best > 20:
-        held.add("Ex4")
-    if (n >= 3 and data[0] in (0x16, 0x17) and data[1] == 0x03 and data[2] <= 0x09) or \
-            data.startswith((b"GET ", b"PUT ", b"POST ", b"HEAD ")):
-        held.add("Ex5")
-    return held
+    """Every GF-1 exemption that holds for `data` (Ex1 .. Ex5); empty = fully-encrypted-looking, blockable.
+
+    The plain-Python restatement lives in `dpi.measure.payloads` (written apart from `dpi._extract`, the censor's
+    compiled one): the catalogue and the FET reproduction share one reference."""
+    return set(payloads.exemptions(data))
 
 
 def shadowsocks_aead_first_packet(seed: int = 1, host: bytes = b"example.org", port: int = 80) -> bytes:
