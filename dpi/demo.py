@@ -154,6 +154,23 @@ def _server_address(server: object) -> str:
     return server.rpartition(":")[0] if isinstance(server, str) else ""
 
 
+def read_events(event_log: Path) -> list[dict]:
+    """The JSON objects of an event log, skipping lines a killed censor left half-written; [] if it is missing."""
+    try:
+        lines = event_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
+
+
 def rules_by_name(event_log: Path, names: Iterable[str],
                   addrs: Mapping[str, Iterable[str]] | None = None) -> dict[str, list[str]]:
     """Which rules fired for which lab name, from the censor's event log (JSON lines; unknown lines ignored).
@@ -167,16 +184,8 @@ def rules_by_name(event_log: Path, names: Iterable[str],
     wanted = {n.lower(): n for n in names}
     by_addr = {a: n for n in names for a in (addrs or {}).get(n, ()) if a}
     out: dict[str, list[str]] = {n: [] for n in names}
-    try:
-        lines = event_log.read_text(errors="replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(ev, dict) or not ev.get("rule"):
+    for ev in read_events(event_log):
+        if not ev.get("rule"):
             continue
         seen: set[str] = set()
         for v in (ev.get("names") or {}).values() if isinstance(ev.get("names"), dict) else ():

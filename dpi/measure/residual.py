@@ -16,7 +16,6 @@ includes the bundled one sets every residual to that many seconds (profiles.with
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -46,16 +45,8 @@ def residual_seconds(profile: str) -> float | None:
 def _trigger_ts(event_log: Path, since: float, client: str) -> float | None:
     """Monotonic time of the first rule event for `client` after `since` (the censor stamps events with
     CLOCK_MONOTONIC, which this process shares): more precise than the client's view of when it was reset."""
-    try:
-        lines = event_log.read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if (isinstance(ev, dict) and ev.get("event") == "rule" and isinstance(ev.get("ts"), (int, float))
+    for ev in demo.read_events(event_log):
+        if (ev.get("event") == "rule" and isinstance(ev.get("ts"), (int, float))
                 and str(ev.get("client", "")).startswith(client + ":") and ev["ts"] >= since - 0.5):
             return float(ev["ts"])
     return None
