@@ -9,6 +9,9 @@ from Cython.Build import cythonize
 EXTENSIONS = [
     Extension("dpi._core", ["dpi/_core.pyx"], extra_compile_args=["-O3"]),
     Extension("dpi._extract", ["dpi/_extract.pyx"], extra_compile_args=["-O3"]),
+    # The NFQUEUE callback: cimports netfilterqueue's Packet (its .pxd ships with the package, and its C headers
+    # with libnetfilter-queue-dev), so it builds where NetfilterQueue is installed.
+    Extension("dpi._verdict", ["dpi/_verdict.pyx"], extra_compile_args=["-O3"]),
 ]
 
 setup(

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import os
 import random
 import signal
 import struct

@@ -209,8 +209,12 @@ class Censor:
 
     # ------------------------------------------------------------------ the feed's entry point
     def process(self, packet: bytes, ts: float) -> Decision:
+        return self.decision(self.core.process(packet, ts))
+
+    def decision(self, code: int) -> Decision:
+        """The Decision for the packet the core just processed (verdict `code`), with its forged packets and
+        events. Called by `process`, and by the compiled NFQUEUE callback only when the core left something."""
         core = self.core
-        code = core.process(packet, ts)
         inject, events = core.inject, core.events
         if not inject and not events:
             return _PLAIN[code]  # the common case: no allocation per packet

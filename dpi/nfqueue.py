@@ -47,8 +47,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from dpi.decision import DROP, MARK_ACCEPT, MARK_DROP, MARK_NONE, Decision
-from dpi.iptables import FLOW_ACCEPT, FLOW_DROP, FLOW_MASK, MARK_MASK, PASS
+from dpi.decision import MARK_ACCEPT, MARK_DROP, Decision
+from dpi.iptables import FLOW_ACCEPT, FLOW_DROP, PASS
 from dpi.residual import LocalResidualStore, ResidualStore
 
 QUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
@@ -513,13 +513,14 @@ class CensoredFlowRecorder:
 
 # -- the worker ----------------------------------------------------------------------------------------------------
 READ_BATCH = 256  # packets read from the queue before the worker looks at its timers and heartbeat again
-_monotonic = time.monotonic
 
 
 class _BatchDone(Exception):
     """Raised by the callback after READ_BATCH packets: netfilterqueue propagates it out of its read loop, so the
     worker gets back to its poll loop (timers, heartbeat) even when packets keep coming. Raising once per batch
     from the callback costs less than a Python-level recv() per packet."""
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     queue: int
@@ -547,104 +548,35 @@ class Worker:
         self._seen_errors: set[str] = set()
         self._nfq: Any = None
         self.stopping = False
-        # Counters, as attributes on the hot path; `counters()` names them.
-        self.packets = self.accepted = self.dropped = 0
-        self.offload_accept = self.offload_drop = self.fallthrough = 0
-        self.injected = self.inject_errors = 0
-        self.errors = self.apply_errors = 0
+        # What only Python does (forged packets, events, pcap) is counted here; the per-packet verdict counters
+        # live in the compiled callback (`counters()` names them all).
+        self.injected = self.inject_errors = self.apply_errors = 0
         self.fail_open_problem: str | None = None  # why NFQA_CFG_F_FAIL_OPEN could not be set (None: it is)
-        self._batch_left = READ_BATCH
-        # bound once: these run for every queued packet
-        self._process = censor.process
-        self._offload = config.offload
+        # The netfilterqueue callback. For the compiled engine an ordinary packet never runs Python; `_slow`
+        # is called for packets with forged packets or events (and for every packet when recording a pcap).
+        self._decision = getattr(censor, "decision", None)
+        from dpi import _verdict  # here, not at the top: it needs netfilterqueue, which `redweb run` checks first
+        self.path = _verdict.VerdictPath(
+            censor, slow=self._slow, failed=self._failed, batch_done=_BatchDone, offload=config.offload,
+            fail_closed=config.fail_closed, always_slow=self._pcap is not None, mark_accept=MARK_ACCEPT,
+            mark_drop=MARK_DROP, flow_accept=FLOW_ACCEPT, flow_drop=FLOW_DROP, pass_mark=PASS)
 
-    def on_packet(self, pkt: Any) -> None:
-        """netfilterqueue's callback: one verdict per packet, then (once per batch) back to the poll loop."""
-        self._on_packet(pkt)
-        self._batch_left -= 1
-        if self._batch_left <= 0:
-            raise _BatchDone
-
-    # Nothing in it may raise into netfilterqueue, and every packet gets exactly one verdict.
-    def _on_packet(self, pkt: Any) -> None:
-        self.packets += 1
+    def _slow(self, data: bytes, what: Decision | int) -> None:
+        """The rare packets that do more than pass or drop. `what` is the censor's Decision, or for the compiled
+        engine the verdict code, from which the engine hands over this packet's forged packets and events."""
         try:
-            mark = pkt.mark
-            if mark & FLOW_MASK:
-                # A packet we gave back with NF_REPEAT came round again: the kernel could not settle it (no
-                # conntrack entry). Settle it by its mark; never feed it to the censor twice.
-                self.fallthrough += 1
-                self._verdict(pkt, mark & FLOW_DROP and not mark & PASS)
-                return
-            data = pkt.get_payload()
-        except Exception as e:  # pragma: no cover - netfilterqueue misbehaving
-            self._failed(e, b"")
-            self._verdict_safe(pkt, self.cfg.fail_closed)
-            return
-        try:
-            d = self._process(data, _monotonic())
-            verdict, fmark = d.verdict, d.mark
+            d = what if isinstance(what, Decision) else self._decision(what)
+            if d.inject:
+                self._schedule(d.inject)
+            if d.events:
+                self._events(d.events)
+            if self._pcap is not None:
+                self._pcap.packet(data, bool(d.events))
         except Exception as e:
-            self._failed(e, data)
-            self._verdict_safe(pkt, self.cfg.fail_closed)
-            return
-        if d.inject or d.events or self._pcap is not None:  # the rare packets that do more than pass/drop
-            try:
-                if d.inject:
-                    self._schedule(d.inject)
-                if d.events:
-                    self._events(d.events)
-                if self._pcap is not None:
-                    self._pcap.packet(data, bool(d.events))
-            except Exception as e:
-                self.apply_errors += 1
-                self._log_once(e, data, "apply")
-        drop = verdict == DROP
-        try:
-            if fmark == MARK_NONE or not self._offload or (drop and fmark == MARK_ACCEPT):
-                if drop:
-                    self.dropped += 1
-                    pkt.drop()
-                else:
-                    self.accepted += 1
-                    pkt.accept()
-            elif fmark == MARK_ACCEPT:
-                self.offload_accept += 1
-                self.accepted += 1
-                pkt.set_mark((mark & ~MARK_MASK) | FLOW_ACCEPT)
-                pkt.repeat()
-            elif fmark == MARK_DROP:
-                self.offload_drop += 1
-                # GQ-2: the packet may pass while the flow's future is "drop": PASS accepts just this one.
-                bits = FLOW_DROP if drop else FLOW_DROP | PASS
-                if drop:
-                    self.dropped += 1
-                else:
-                    self.accepted += 1
-                pkt.set_mark((mark & ~MARK_MASK) | bits)
-                pkt.repeat()
-            else:
-                self._verdict(pkt, drop)
-        except Exception as e:  # pragma: no cover - a verdict failing means the queue is gone
             self.apply_errors += 1
-            self._log_once(e, data, "verdict")
-
-    def _verdict(self, pkt: Any, drop: Any) -> None:
-        if drop:
-            self.dropped += 1
-            pkt.drop()
-        else:
-            self.accepted += 1
-            pkt.accept()
-
-    def _verdict_safe(self, pkt: Any, drop: bool) -> None:
-        try:
-            self._verdict(pkt, drop)
-        except Exception as e:  # pragma: no cover
-            self._log_once(e, b"", "verdict")
+            self._log_once(e, data, "apply")
 
     def _failed(self, e: BaseException, data: bytes) -> None:
-        self.errors += 1
         self._log_once(e, data, "process")
 
     def _log_once(self, e: BaseException, data: bytes, where: str) -> None:
@@ -695,12 +627,13 @@ class Worker:
         return self._timers[0][0] - now if self._timers else None
 
     def counters(self) -> dict[str, int]:
+        v = self.path
         out = {
-            "nfq:packets": self.packets, "nfq:accept": self.accepted, "nfq:drop": self.dropped,
-            "nfq:offload:accept": self.offload_accept, "nfq:offload:drop": self.offload_drop,
-            "nfq:fallthrough": self.fallthrough, "nfq:injected": self.injected,
-            "nfq:inject_errors": self.inject_errors, "nfq:errors": self.errors,
-            "nfq:apply_errors": self.apply_errors, "nfq:pending_injections": len(self._timers),
+            "nfq:packets": v.packets, "nfq:accept": v.accepted, "nfq:drop": v.dropped,
+            "nfq:offload:accept": v.offload_accept, "nfq:offload:drop": v.offload_drop,
+            "nfq:fallthrough": v.fallthrough, "nfq:python": v.python, "nfq:injected": self.injected,
+            "nfq:inject_errors": self.inject_errors, "nfq:errors": v.errors,
+            "nfq:apply_errors": self.apply_errors + v.verdict_errors, "nfq:pending_injections": len(self._timers),
             "nfq:pcap_packets": self._pcap.written if self._pcap else 0,
             "worker:rss_bytes": process_rss(),
         }
@@ -732,7 +665,7 @@ class Worker:
             try:
                 # The socket buffer must hold what the queue may hold, or a burst overflows it before the queue
                 # is full (~2 KB of buffer per queued packet: netfilterqueue copies at most 4 KB of each).
-                nfq.bind(self.cfg.queue, self.on_packet, max_len=self.cfg.queue_maxlen,
+                nfq.bind(self.cfg.queue, self.path, max_len=self.cfg.queue_maxlen,
                          sock_len=min(max(self.cfg.queue_maxlen * 2048, 1 << 21), 1 << 28))
             except OSError:
                 holder = queue_holders().get(self.cfg.queue)
@@ -752,9 +685,9 @@ class Worker:
         assert self._nfq is not None, "bind() first"
         fd = self._nfq.get_fd()
         # Packets are read in batches (netfilterqueue's own loop reads until the socket is empty, which under a
-        # flood is never): between batches the worker sends its heartbeat and fires due injections.
-        sock = socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW)
-        sock.setblocking(False)  # run_socket returns at EAGAIN (queue empty) or when a batch is done
+        # flood is never): between batches the worker sends its heartbeat and fires due injections. The reading
+        # is netfilterqueue's C loop (`run(block=False)`: recv with MSG_DONTWAIT into a stack buffer), not
+        # `run_socket`, which pays a Python socket.recv and a fresh bytes object for every packet.
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         if wakeup_fd is not None:
@@ -767,9 +700,9 @@ class Worker:
             wait = min(next_publish - now, until_timer if until_timer is not None else PUBLISH_INTERVAL)
             for rfd, _ in poller.poll(max(0, int(wait * 1000) + 1)):
                 if rfd == fd:
-                    self._batch_left = READ_BATCH
+                    self.path.batch_left = READ_BATCH
                     try:
-                        self._nfq.run_socket(sock)
+                        self._nfq.run(False)  # returns at EAGAIN (queue empty) or when a batch is done
                     except _BatchDone:
                         pass
                 elif wakeup_fd is not None:
@@ -787,15 +720,14 @@ class Worker:
                     self._publish(self.counters())
         # Drain what is still queued (the rules are removed first, so nothing new arrives).
         while True:
-            self._batch_left = READ_BATCH
+            self.path.batch_left = READ_BATCH
             try:
-                self._nfq.run_socket(sock)
+                self._nfq.run(False)
                 break
             except _BatchDone:
                 continue
             except OSError:
                 break
-        sock.close()
 
     def close(self) -> None:
         if self._nfq is not None:

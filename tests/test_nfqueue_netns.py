@@ -209,6 +209,8 @@ def test_forged_rst_at_its_delay_and_residual_shared_by_workers(lab: Lab, tmp_pa
     assert stop["counters"]["nfq:injected"] >= 2 + len(extra)
     assert stop["counters"]["residual:hit"] >= len(extra)
     assert stop["counters"]["nfq:inject_errors"] == 0
+    c = stop["counters"]  # a censor written in Python is called for every queued packet (not settled by its mark)
+    assert c["nfq:python"] == c["nfq:packets"] - c["nfq:fallthrough"] > 0
     hits_per_queue = [c.get("residual:hit", 0) for c in stop["queues"].values()]
     assert sum(hits_per_queue) >= len(extra)
 
