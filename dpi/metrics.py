@@ -34,6 +34,8 @@ _WORKER: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "nfq:apply_errors": ("redweb_apply_errors_total", "Decisions that could not be fully applied.", None),
     "nfq:fallthrough": ("redweb_repeat_fallthrough_total",
                         "Repeated packets the kernel could not settle (no conntrack).", None),
+    "nfq:python": ("redweb_python_packets_total", "Queued packets for which Python ran (a censor written in Python, "
+                   "or the engine's packets with events or forged packets); the rest stayed in compiled code.", None),
     "nfq:pending_injections": ("redweb_pending_injections", "Forged packets waiting for their delay.", None),
     "nfq:pcap_packets": ("redweb_pcap_packets_total", "Packets written to the pcap of censored flows.", None),
     "nfq:restarts": ("redweb_worker_restarts_total", "Workers restarted after they died or got stuck.", None),
