@@ -4,7 +4,11 @@ One worker process per queue (forked, so a profile loaded once is shared copy-on
 `Censor`. `--queue-balance` hashes the address pair symmetrically, so both directions of a flow reach the same
 worker and per-flow state never has to cross processes. Residual blocking does (G-4, GE-1, GF-3, GQ-2: a
 `server-ip` key spans clients that hash to different queues), so residual entries live in one table served by a
-manager process; it is only consulted on new connections, so its IPC cost is off the per-packet path.
+manager process (`dpi.sharedresidual`).
+
+The per-packet callback is compiled (`dpi._verdict`); this module is what surrounds it: the poll loop, the timer
+heap of delayed injections (`dpi.inject`), the event log and pcap (`dpi.eventlog`), counters, and the supervisor's
+`WorkerPool`. The kernel's side of the queue (bound? by whom? fail-open flag) is `dpi.queueinfo`.
 
 A worker applies a `Decision` as follows:
 - undecided flow (MARK_NONE): accept or drop this packet;
@@ -27,32 +31,35 @@ Overload and faults (issue 7): a censor in the path of all traffic must never be
 """
 from __future__ import annotations
 
-import ctypes
 import heapq
 import itertools
-import json
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.managers
 import os
 import select
 import signal
-import socket
-import struct
-import subprocess
 import sys
 import time
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from dpi.decision import MARK_ACCEPT, MARK_DROP, Decision
+from dpi.eventlog import CensoredFlowRecorder, EventLog
+from dpi.inject import Injector
 from dpi.iptables import FLOW_ACCEPT, FLOW_DROP, PASS
-from dpi.residual import LocalResidualStore, ResidualStore
+from dpi.proc import process_rss, set_name, set_pdeathsig
+from dpi.queueinfo import (
+    QueueBusy,
+    QueueError,
+    busy_message,
+    queue_holders,
+    set_queue_fail_open,
+)
+from dpi.residual import ResidualStore
+from dpi.sharedresidual import MirroredResidual, SharedResidual
 
-QUEUE_PROC = "/proc/net/netfilter/nfnetlink_queue"
-LINKTYPE_RAW = 101
 PUBLISH_INTERVAL = 0.5  # seconds between counter snapshots (also the heartbeat) sent to the supervisor
 DEFAULT_QUEUE_MAXLEN = 4096  # packets the kernel holds for one queue before the fail-open/closed policy applies
 # Worker counters that are levels, not totals: the supervisor does not add them up across restarts.
@@ -82,433 +89,6 @@ def censor_counters(censor: Any) -> dict[str, int]:
     if callable(c):
         c = c()
     return {str(k): int(v) for k, v in (c or {}).items()}
-
-
-class QueueError(Exception):
-    """A queue cannot be served (NFQUEUE missing, a worker failed to start); the message is one line."""
-
-
-class QueueBusy(QueueError):
-    """Another process has bound the queue."""
-
-
-# -- residual blocking shared across workers ----------------------------------------------------------------------
-class _ResidualManager(multiprocessing.managers.BaseManager):
-    pass
-
-
-class SnapshotResidualStore(LocalResidualStore):
-    """The manager's store: the engine's, plus `snapshot()` so a restarted worker can rebuild its local copy."""
-
-    def snapshot(self, now: float) -> list[tuple[Any, float, str, str]]:
-        return [(k, until, action, rule) for k, (until, action, rule) in list(self._entries.items()) if until > now]
-
-
-_ResidualManager.register("ResidualStore", SnapshotResidualStore, exposed=("add", "lookup", "__len__", "snapshot"))
-
-
-class MirroredResidual:
-    """One worker's residual store when it is the only worker: lookups stay in-process, adds are written through.
-
-    With one queue no other process adds entries, so a local lookup is exact and a new connection costs no IPC
-    (a SYN flood stays cheap); writing every add through to the manager is what lets a restarted worker start
-    from the same residual table (G-4, GE-1, GF-3, GQ-2 blocking must outlive a crash of the worker).
-    """
-
-    def __init__(self, shared: Any) -> None:
-        self._shared = shared
-        self._local = LocalResidualStore()
-        try:
-            for key, until, action, rule in shared.snapshot(time.monotonic()):
-                self._local.add(key, until, action, rule)
-        except Exception:  # the manager is gone: start empty rather than not at all
-            pass
-
-    def add(self, key: Any, until: float, action: str, rule: str) -> None:
-        self._local.add(key, until, action, rule)
-        try:
-            self._shared.add(key, until, action, rule)
-        except Exception:
-            pass
-
-    def lookup(self, key: Any, now: float) -> tuple[str, str] | None:
-        return self._local.lookup(key, now)
-
-    def __len__(self) -> int:
-        return len(self._local)
-
-
-def _set_pdeathsig(sig: int) -> None:
-    """Die with the parent: a SIGKILLed supervisor must not leave workers bound to queues."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
-def _set_name(name: str) -> None:
-    """Name this process in /proc/PID/comm (ps, top, tests): redweb-qN for a queue worker, redweb-residual."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
-        pass
-
-
-def _manager_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    _set_pdeathsig(signal.SIGKILL)
-    _set_name("redweb-residual")
-
-
-class SharedResidual:
-    """The engine's `LocalResidualStore`, served by a manager process; `.store` is a proxy for every worker.
-
-    Lookups happen on new connections only (and adds on triggers), so one IPC round trip each is affordable;
-    entries use the workers' CLOCK_MONOTONIC timestamps, which agree across processes.
-    """
-
-    def __init__(self, max_entries: int = 1 << 20) -> None:
-        self._manager = _ResidualManager(ctx=multiprocessing.get_context("fork"))
-        self._manager.start(initializer=_manager_init)
-        self.store: ResidualStore = self._manager.ResidualStore(max_entries)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        try:
-            self._manager.shutdown()
-        except Exception:
-            pass
-
-
-# -- queue ownership -------------------------------------------------------------------------------------------
-def queue_holders() -> dict[int, int]:
-    """Queues bound in this network namespace → netlink port id of the holder (usually its pid)."""
-    return {q: s.portid for q, s in queue_stats().items()}
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """One line of /proc/net/netfilter/nfnetlink_queue: the kernel's view of a bound queue."""
-
-    queue: int
-    portid: int
-    backlog: int  # packets queued, waiting for a verdict
-    dropped: int  # dropped because the queue was full (fail-closed)
-    user_dropped: int  # dropped because the netlink socket buffer was full (fail-closed)
-    id_sequence: int  # packets handed to this instance so far
-
-
-def queue_stats() -> dict[int, QueueStats]:
-    """Kernel counters of every queue bound in this network namespace (empty when none or no NFQUEUE)."""
-    out: dict[int, QueueStats] = {}
-    try:
-        with open(QUEUE_PROC, encoding="ascii") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 8 and all(p.lstrip("-").isdigit() for p in parts[:8]):
-                    q, portid, total, _mode, _range, dropped, udropped, seq = (int(p) for p in parts[:8])
-                    out[q] = QueueStats(q, portid, total, dropped, udropped, seq)
-    except OSError:
-        pass
-    return out
-
-
-_NFNL_SUBSYS_QUEUE, _NFQNL_MSG_CONFIG = 3, 2
-_NFQA_CFG_MASK, _NFQA_CFG_FLAGS, _NFQA_CFG_F_FAIL_OPEN = 4, 5, 1
-_NLMSG_ERROR, _NLM_F_REQUEST, _NLM_F_ACK = 2, 1, 4
-
-
-def set_queue_fail_open(fd: int, queue: int, enabled: bool, timeout: float = 1.0) -> str | None:
-    """Set or clear NFQA_CFG_F_FAIL_OPEN on `queue`, bound on netlink socket `fd`; None on success, else why not.
-
-    The kernel only accepts queue configuration from the socket that bound the queue, so the message goes out on
-    the library's own fd (a dup of it: same socket, same port id). The acknowledgement is read only if it is the
-    next message waiting; a packet that arrives first is left for the library (which ignores a late ack).
-    """
-    try:
-        sock = socket.fromfd(fd, socket.AF_NETLINK, socket.SOCK_RAW)
-    except OSError as e:
-        return f"cannot use the queue's netlink socket: {e.strerror or e}"
-    try:
-        seq = int(time.monotonic() * 1000) & 0x7FFFFFFF
-        flags = _NFQA_CFG_F_FAIL_OPEN if enabled else 0
-        attrs = struct.pack("=HH", 8, _NFQA_CFG_MASK) + struct.pack("!I", _NFQA_CFG_F_FAIL_OPEN)
-        attrs += struct.pack("=HH", 8, _NFQA_CFG_FLAGS) + struct.pack("!I", flags)
-        body = struct.pack("=BB", 0, 0) + struct.pack("!H", queue) + attrs  # nfgenmsg: AF_UNSPEC, v0, res_id
-        msg = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
-                          _NLM_F_REQUEST | _NLM_F_ACK, seq, 0) + body
-        sock.sendto(msg, (0, 0))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([sock], [], [], max(0.0, deadline - time.monotonic()))
-            if not r:
-                break
-            head = sock.recv(64, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            if len(head) < 20:
-                break
-            _len, mtype, _fl, mseq, _pid = struct.unpack_from("=IHHII", head, 0)
-            if mtype != _NLMSG_ERROR or mseq != seq:
-                return None  # a packet came first: leave it to the library; the ack follows it harmlessly
-            sock.recv(65536)
-            err = struct.unpack_from("=i", head, 16)[0]
-            return None if err == 0 else f"the kernel refused NFQA_CFG_F_FAIL_OPEN ({os.strerror(-err)})"
-        return None
-    except OSError as e:
-        return f"cannot configure fail-open on queue {queue}: {e.strerror or e}"
-    finally:
-        sock.close()
-
-
-def process_rss(pid: int | str = "self") -> int:
-    """Resident set size of a process in bytes (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def nfqueue_available() -> str | None:
-    """None when the kernel can queue packets to user space here, else a one-line reason with the fix."""
-    if not os.path.exists(QUEUE_PROC):
-        subprocess.run(["modprobe", "nfnetlink_queue"], capture_output=True, check=False)
-    if not os.path.exists(QUEUE_PROC):
-        return ("the kernel has no nfnetlink_queue (NFQUEUE): load it (modprobe nfnetlink_queue) or use a kernel "
-                "with CONFIG_NETFILTER_NETLINK_QUEUE")
-    try:
-        import netfilterqueue  # noqa: F401
-    except ImportError as e:
-        return f"the Python package NetfilterQueue is missing ({e}): pip install NetfilterQueue"
-    return None
-
-
-def busy_message(queue: int, portid: int | None) -> str:
-    who = f" (netlink port id {portid}, usually its pid)" if portid else ""
-    return (f"queue {queue} is already bound by another process{who}: stop it, or choose other queues "
-            "with --queues")
-
-
-# -- forged packet output ----------------------------------------------------------------------------------------
-class Injector:
-    """Sends forged raw IP packets from this namespace, marked PASS so the censor never queues its own packets.
-
-    IPv4 and IPv6 go through IPPROTO_RAW sockets (header included). One case needs the link layer: Linux fills
-    in a fresh IP ID when a raw IPv4 packet has ID 0 and DF clear, which would erase the GFW Type I injector's
-    fingerprint (G-3: IP ID 0, DF=0); such packets are sent with AF_PACKET to the next hop's MAC address.
-    """
-
-    _ROUTE_TTL = 10.0
-
-    def __init__(self, mark: int = PASS) -> None:
-        self.mark = mark
-        self._s4 = self._raw(socket.AF_INET)
-        self._s6 = self._raw(socket.AF_INET6)
-        self._link: socket.socket | None = None
-        self._routes: dict[str, tuple[float, tuple[str, bytes] | None]] = {}
-        self.link_fallbacks = 0  # ID-0/DF=0 packets sent through the IP stack (ID rewritten): no route/neighbour
-
-    def _raw(self, family: int) -> socket.socket | None:
-        try:
-            s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        except OSError:
-            return None
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-        if family == socket.AF_INET6:
-            try:
-                s.setsockopt(socket.IPPROTO_IPV6, 36, 1)  # IPV6_HDRINCL (implied by IPPROTO_RAW on Linux)
-            except OSError:
-                pass
-        return s
-
-    def send(self, packet: bytes) -> None:
-        """Send one raw IP packet; raises OSError/ValueError when it cannot go out."""
-        if len(packet) < 20:
-            raise ValueError("packet shorter than an IP header")
-        version = packet[0] >> 4
-        if version == 4:
-            dst = socket.inet_ntop(socket.AF_INET, packet[16:20])
-            ip_id, frag = struct.unpack_from("!HH", packet, 4)
-            if ip_id == 0 and not frag & 0x4000 and self._send_link(packet, dst):
-                return
-            if self._s4 is None:
-                raise OSError("no IPv4 raw socket")
-            self._s4.sendto(packet, (dst, 0))
-        elif version == 6:
-            if len(packet) < 40:
-                raise ValueError("packet shorter than an IPv6 header")
-            if self._s6 is None:
-                raise OSError("no IPv6 raw socket")
-            self._s6.sendto(packet, (socket.inet_ntop(socket.AF_INET6, packet[24:40]), 0))
-        else:
-            raise ValueError(f"not an IP packet (version {version})")
-
-    def _send_link(self, packet: bytes, dst: str) -> bool:
-        hop = self._next_hop(dst)
-        if hop is None:
-            self.link_fallbacks += 1
-            return False
-        if self._link is None:
-            self._link = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        self._link.sendto(packet, (hop[0], 0x0800, 0, 0, hop[1]))
-        return True
-
-    def _next_hop(self, dst: str) -> tuple[str, bytes] | None:
-        now = time.monotonic()
-        cached = self._routes.get(dst)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        hop = None
-        try:
-            route = json.loads(subprocess.run(["ip", "-j", "route", "get", dst], capture_output=True, text=True,
-                                              timeout=5).stdout or "[]")
-            if route and route[0].get("type") == "local":
-                hop = ("lo", bytes(6))  # local mode: the forged packet is for this host
-            elif route:
-                dev, via = route[0].get("dev"), route[0].get("gateway", dst)
-                neigh = json.loads(subprocess.run(["ip", "-j", "neigh", "show", "to", via, "dev", dev],
-                                                  capture_output=True, text=True, timeout=5).stdout or "[]")
-                mac = neigh[0].get("lladdr") if neigh else None
-                if dev and mac:
-                    hop = (dev, bytes.fromhex(mac.replace(":", "")))
-        except (OSError, ValueError, subprocess.SubprocessError, KeyError, IndexError):
-            hop = None
-        self._routes[dst] = (now + self._ROUTE_TTL, hop)
-        return hop
-
-    def close(self) -> None:
-        for s in (self._s4, self._s6, self._link):
-            if s is not None:
-                s.close()
-
-
-# -- flows, event log, pcap ---------------------------------------------------------------------------------------
-def flow_key(packet: bytes) -> tuple | None:
-    """Direction-free flow identity (protocol, endpoint, endpoint) of an IPv4/IPv6 packet; None if unparsable."""
-    try:
-        v = packet[0] >> 4
-        if v == 4:
-            ihl = (packet[0] & 0x0F) * 4
-            proto = packet[9]
-            a, b = packet[12:16], packet[16:20]
-            frag = struct.unpack_from("!H", packet, 6)[0] & 0x1FFF
-            off = ihl if frag == 0 else -1
-        elif v == 6:
-            proto = packet[6]
-            a, b = packet[8:24], packet[24:40]
-            off = 40
-        else:
-            return None
-        if proto in (6, 17) and off > 0 and len(packet) >= off + 4:
-            pa, pb = struct.unpack_from("!HH", packet, off)
-        else:
-            pa = pb = 0
-        ea, eb = (a, pa), (b, pb)
-        return (proto, ea, eb) if ea <= eb else (proto, eb, ea)
-    except (IndexError, struct.error):
-        return None
-
-
-class EventLog:
-    """JSON lines, one per event, appended with one write each (O_APPEND keeps workers' lines whole)."""
-
-    def __init__(self, path: str | None) -> None:
-        if path is None:
-            self._fd = -1
-        elif path == "-":
-            self._fd = sys.stdout.fileno()
-        else:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._own = path not in (None, "-")
-
-    @property
-    def enabled(self) -> bool:
-        return self._fd >= 0
-
-    def write(self, event: dict) -> None:
-        if self._fd < 0:
-            return
-        line = json.dumps(event, default=_json_default, separators=(",", ":")) + "\n"
-        try:
-            os.write(self._fd, line.encode())
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        if self._own and self._fd >= 0:
-            os.close(self._fd)
-        self._fd = -1
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (bytes, bytearray, memoryview)):
-        return bytes(o).hex()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    return str(o)
-
-
-def write_pcap_header(path: str, snaplen: int = 65535) -> None:
-    """Start (truncate) a pcap file of raw IP packets (LINKTYPE_RAW): the workers append records to it."""
-    with open(path, "wb") as f:
-        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, snaplen, LINKTYPE_RAW))
-
-
-class CensoredFlowRecorder:
-    """Writes the packets of censored flows (flows with an event) to a pcap.
-
-    A flow is known to be censored only once its event fires, so the first packets of every queued flow are
-    held in a small bounded buffer and flushed when the event comes; after it, every packet of the flow the
-    worker still sees (and the packets it forges into the flow) is written. Each record is one O_APPEND write,
-    so several workers can share the file.
-    """
-
-    def __init__(self, path: str, per_flow: int = 16, max_flows: int = 1024) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._held: OrderedDict[tuple, list[tuple[float, bytes]]] = OrderedDict()
-        self._censored: OrderedDict[tuple, None] = OrderedDict()
-        self._per_flow, self._max = per_flow, max_flows
-        self.written = 0
-
-    def packet(self, packet: bytes, censored_now: bool) -> None:
-        key = flow_key(packet)
-        if key is None:
-            return
-        now = time.time()
-        if key in self._censored:
-            self._censored.move_to_end(key)
-            self._write(now, packet)
-            return
-        if censored_now:
-            for ts, held in self._held.pop(key, ()):
-                self._write(ts, held)
-            self._write(now, packet)
-            self._censored[key] = None
-            if len(self._censored) > self._max:
-                self._censored.popitem(last=False)
-            return
-        buf = self._held.get(key)
-        if buf is None:
-            buf = self._held[key] = []
-            if len(self._held) > self._max:
-                self._held.popitem(last=False)
-        if len(buf) < self._per_flow:
-            buf.append((now, packet))
-
-    def forged(self, packet: bytes) -> None:
-        key = flow_key(packet)
-        if key is not None and key in self._censored:
-            self._write(time.time(), packet)
-
-    def _write(self, ts: float, packet: bytes) -> None:
-        sec = int(ts)
-        rec = struct.pack("<IIII", sec, int((ts - sec) * 1e6), len(packet), len(packet)) + packet
-        try:
-            os.write(self._fd, rec)
-            self.written += 1
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 # -- the worker ----------------------------------------------------------------------------------------------------
@@ -555,7 +135,9 @@ class Worker:
         # The netfilterqueue callback. For the compiled engine an ordinary packet never runs Python; `_slow`
         # is called for packets with forged packets or events (and for every packet when recording a pcap).
         self._decision = getattr(censor, "decision", None)
-        from dpi import _verdict  # here, not at the top: it needs netfilterqueue, which `redweb run` checks first
+        from dpi import (
+            _verdict,  # here, not at the top: it needs netfilterqueue, which `redweb run` checks first
+        )
         self.path = _verdict.VerdictPath(
             censor, slow=self._slow, failed=self._failed, batch_done=_BatchDone, offload=config.offload,
             fail_closed=config.fail_closed, always_slow=self._pcap is not None, mark_accept=MARK_ACCEPT,
@@ -750,8 +332,8 @@ def _worker_main(factory: CensorFactory, shared: Any, mirror: bool, cfg: WorkerC
     local copy of it (one queue: no other writer), see `MirroredResidual`.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _set_pdeathsig(signal.SIGTERM)
-    _set_name(f"redweb-q{cfg.queue}")
+    set_pdeathsig(signal.SIGTERM)
+    set_name(f"redweb-q{cfg.queue}")
     rfd, wfd = os.pipe()
     os.set_blocking(wfd, False)
     signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)

@@ -27,11 +27,13 @@ import time
 from typing import Any, Sequence
 
 from dpi import iptables
+from dpi.eventlog import EventLog, write_pcap_header
 from dpi.iptables import RuleSet, SetupError, parse_network, parse_queues
 from dpi.metrics import MetricsServer, parse_address, split_rule_counter
-from dpi.nfqueue import (DEFAULT_QUEUE_MAXLEN, CensorFactory, EventLog, QueueBusy, QueueError, QueueStats,
-                         ResidualStore, WorkerPool, busy_message, nfqueue_available, queue_holders, queue_stats,
-                         write_pcap_header)
+from dpi.nfqueue import DEFAULT_QUEUE_MAXLEN, CensorFactory, WorkerPool
+from dpi.queueinfo import (QueueBusy, QueueError, QueueStats, busy_message, nfqueue_available, queue_holders,
+                           queue_stats)
+from dpi.residual import ResidualStore
 
 VERIFY_INTERVAL = 10.0  # seconds between checks that nobody removed our rules by hand (and of queue overload)
 RESTART_LIMIT = 5  # worker restarts per queue within RESTART_WINDOW before the run gives up

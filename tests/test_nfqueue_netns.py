@@ -27,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from dpi.eventlog import flow_key
 from dpi.metrics import parse_address, render, split_rule_counter
-from dpi.nfqueue import SharedResidual, censor_counters, flow_key
+from dpi.nfqueue import censor_counters
+from dpi.sharedresidual import SharedResidual
 from tests.live import WAIT, read_log, wait_for
 from tests.live import Live as _Live
 from tests.netns import Host, Path3
@@ -361,7 +363,7 @@ def test_injector_keeps_ip_id_zero_with_df_clear_for_gfw_type1(lab: Lab) -> None
                "    if d[:1] == b'\\x45' and d[9] == 17 and b'PROBE' in d:\n"
                "        print(d.hex(), flush=True); break\n")
     send = ("import socket, struct\n"
-            "from dpi.nfqueue import Injector\n"
+            "from dpi.inject import Injector\n"
             "from tests.plumbing_censor import _csum\n"
             "udp = struct.pack('!HHHH', 1234, 9, 13, 0) + b'PROBE'\n"
             "ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 33, 0, 0, 77, 17, 0, socket.inet_aton('10.9.1.2'),"
