@@ -148,12 +148,12 @@ class Worker:
         engine the verdict code, from which the engine hands over this packet's forged packets and events."""
         try:
             d = what if isinstance(what, Decision) else self._decision(what)
+            if self._pcap is not None:  # first: the flow must be known as censored before its RSTs go out
+                self._pcap.packet(data, bool(d.events))
             if d.inject:
                 self._schedule(d.inject)
             if d.events:
                 self._events(d.events)
-            if self._pcap is not None:
-                self._pcap.packet(data, bool(d.events))
         except Exception as e:
             self.apply_errors += 1
             self._log_once(e, data, "apply")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from dpi.eventlog import flow_key
+from dpi.pcap import iter_packets
 from tests.live import PY, ROOT, Live, read_log, wait_for
 from tests.netns import Path3
 
@@ -125,10 +127,10 @@ def decisions(log: Path) -> list[dict]:
     return [e for e in read_log(log) if e.get("event") in ("rule", "residual")]
 
 
-def start(lab: Lab, tmp_path: Path, residual: float = 3.0, rate: int = 1000) -> tuple[Live, Path]:
+def start(lab: Lab, tmp_path: Path, residual: float = 3.0, rate: int = 1000, *extra: str) -> tuple[Live, Path]:
     log = tmp_path / "events.jsonl"
     profile = lab.profile(PROFILE.format(residual=residual, rate=rate))
-    return Live(lab.router, "--log", str(log), "--seed", "1", profile=str(profile)), log
+    return Live(lab.router, "--log", str(log), "--seed", "1", *extra, profile=str(profile)), log
 
 
 def test_sni_reset_seen_by_curl_allowed_name_unaffected_and_residual_window(lab: Lab, tmp_path: Path) -> None:
@@ -152,6 +154,29 @@ def test_sni_reset_seen_by_curl_allowed_name_unaffected_and_residual_window(lab:
     events = decisions(log)
     assert [e["action"] for e in events][:2] == ["rst", "residual-rst"]
     assert events[0]["names"]["sni"] == ["blocked.example"]
+
+
+def test_pcap_holds_the_reset_flow_from_its_syn_with_the_forged_rsts_and_not_the_allowed_flow(
+        lab: Lab, tmp_path: Path) -> None:
+    """`--pcap` with the compiled engine: packets reach Python only to be recorded, and the recorder keeps exactly
+    the censored flow (held from its SYN until its event fired) plus the RSTs forged into it."""
+    cap = tmp_path / "censored.pcap"
+    live, log = start(lab, tmp_path, 3.0, 1000, "--pcap", str(cap))
+    try:
+        assert lab.https("allowed.example")[0] == 0
+        code, _, err = lab.https("blocked.example")
+        assert code in (35, 56) and "Connection reset by peer" in err, (code, err)
+    finally:
+        rc, _, stderr = live.finish()
+    assert rc == 0, stderr
+    pkts = [p for _, p in iter_packets(cap.read_bytes())]
+    assert {flow_key(p) for p in pkts} == {flow_key(pkts[0])}  # one flow: the allowed one was never written
+    flags = [p[(p[0] & 15) * 4 + 13] for p in pkts]
+    assert flags[0] == 0x02  # whole from the client's SYN
+    assert any(b"blocked.example" in p for p in pkts)  # the ClientHello that triggered the rule
+    rsts = [p for p, f in zip(pkts, flags) if f & 0x04]
+    assert {p[12:16] for p in rsts} == {bytes([10, 9, 1, 2]), bytes([10, 9, 2, 2])}  # forged to both ends
+    assert read_log(log)[-1]["counters"]["nfq:pcap_packets"] == len(pkts)
 
 
 def test_throttled_download_goodput_matches_the_policer_rate(lab: Lab, tmp_path: Path) -> None:
