@@ -850,11 +850,15 @@ cdef class Core:
     # ------------------------------------------------------------------ Python API
     def process(self, const uint8_t[::1] packet, double ts):
         """One raw IP packet → verdict code (bit 0 drop, bits 1-2 mark). Forged packets/events: `inject`/`events`."""
-        if packet.shape[0] == 0:
+        return self._process_any(&packet[0] if packet.shape[0] else NULL, packet.shape[0], ts)
+
+    cdef int _process_any(self, const uint8_t* b, Py_ssize_t n, double ts) except -1:
+        """`_process`, which needs at least one byte, or an unparsed packet for an empty one."""
+        if n <= 0:
             self.n_packets += 1
             self.n_unparsed += 1
             return 0
-        return self._process(&packet[0], packet.shape[0], ts)
+        return self._process(b, n, ts)
 
     def process_pcap(self, const uint8_t[::1] data, int linktype, Py_ssize_t offset, bint nanosecond,
                      bint swapped, object on_packet=None):
@@ -954,13 +958,7 @@ cdef int process_entry(object core, const uint8_t* b, Py_ssize_t n, double ts) e
     memoryview per packet. Bit 3 of the result (V_MORE) says that `inject` or `events` hold something for this
     packet, so the caller knows when it must go back to Python without looking at the lists itself."""
     cdef Core c = <Core>core
-    cdef int code
-    if n <= 0:
-        c.n_packets += 1
-        c.n_unparsed += 1
-        code = 0
-    else:
-        code = c._process(b, n, ts)
+    cdef int code = c._process_any(b, n, ts)
     if c.inject or c.events:
         code |= V_MORE
     return code
