@@ -278,6 +278,14 @@ def test_fuzz_mutated_real_packets(extra, pos, val):
     core.process(bytes(base), 0.1)
 
 
+def test_empty_and_short_packets_are_counted_unparsed_and_pass():
+    rec = Recorder()
+    core = _core.Core(rec)
+    for pkt in (b"", b"\x45", b"\x60" + bytes(10)):
+        assert core.process(pkt, 0.0) == 0
+    assert (core.n_packets, core.n_unparsed, rec.calls) == (3, 3, [])
+
+
 def test_pcap_truncated_and_garbage_is_safe():
     core = _core.Core(Recorder())
     assert core.process_pcap(b"\x00" * 7, 101, 24, False, False) == (0, 0)
