@@ -43,16 +43,21 @@ class QueueStats:
 
 def queue_stats() -> dict[int, QueueStats]:
     """Kernel counters of every queue bound in this network namespace (empty when none or no NFQUEUE)."""
-    out: dict[int, QueueStats] = {}
     try:
         with open(QUEUE_PROC, encoding="ascii") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 8 and all(p.lstrip("-").isdigit() for p in parts[:8]):
-                    q, portid, total, _mode, _range, dropped, udropped, seq = (int(p) for p in parts[:8])
-                    out[q] = QueueStats(q, portid, total, dropped, udropped, seq)
+            return parse_queue_stats(f.read())
     except OSError:
-        pass
+        return {}
+
+
+def parse_queue_stats(text: str) -> dict[int, QueueStats]:
+    """The lines of /proc/net/netfilter/nfnetlink_queue (read here, or in another namespace by a test) by queue."""
+    out: dict[int, QueueStats] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 8 and all(p.lstrip("-").isdigit() for p in parts[:8]):
+            q, portid, total, _mode, _range, dropped, udropped, seq = (int(p) for p in parts[:8])
+            out[q] = QueueStats(q, portid, total, dropped, udropped, seq)
     return out
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from dpi.queueinfo import QUEUE_PROC, parse_queue_stats
 from tests.live import PY, ROOT
+from tests.netns import Host
 from tests.test_robustness_lab import BIG, Lab, events, leave_clean, make_lab, needs_root, sha256_file
 
 pytestmark = [pytest.mark.netns, needs_root]
@@ -79,10 +81,16 @@ def test_iperf3_udp_through_the_queue_loses_no_datagram(lab: Lab, tmp_path: Path
     log = tmp_path / "events.jsonl"
     server = lab.start(lab.server, ["iperf3", "-s", "-1", "-p", "5201"], ready=("t", 5201))
     live = lab.censor("--log", str(log), "--no-offload")
+    receiver = lab.client if mode else lab.server
+    overflows = udp_receive_overflows(receiver)
     try:
+        # -w 4M: a receive buffer that holds ~1 s of this stream, so a receiver descheduled on a busy 2-core machine
+        # cannot overflow it (the kernel's default, 208 KiB, holds ~90 datagrams): a datagram lost is the path's.
         r = lab.client.run(["iperf3", "-c", lab.path.SERVER_V4, "-p", "5201", "-J", "-u", "-t", "2",
-                            "-b", "20M", "-l", "1200", *mode], timeout=60)
+                            "-b", "20M", "-l", "1200", "-w", "4M", *mode], timeout=60)
         result = json.loads(r.stdout)["end"]
+        overflows = udp_receive_overflows(receiver) - overflows
+        kernel = parse_queue_stats(lab.router.run(["cat", QUEUE_PROC]).stdout)  # before the queue is unbound
     finally:
         rc, _, err = live.finish()
         server.kill()
@@ -90,6 +98,19 @@ def test_iperf3_udp_through_the_queue_loses_no_datagram(lab: Lab, tmp_path: Path
     # Datagrams are counted exactly (TCP byte integrity is what the sha256 downloads above prove: iperf3's TCP
     # byte counts are cut at the end of a test while data is still in flight, so they differ without any loss).
     s = result["sum"]
-    assert s["lost_packets"] == 0 and s["packets"] > 1000, s
+    # Who lost what, so a failure names the culprit: the kernel's queue (full, or user space too slow to read),
+    # the censor's verdicts, or the receiving socket.
+    where = {"receiver socket overflows": overflows,
+             "queue dropped (kernel)": sum(q.dropped for q in kernel.values()),
+             "queue user-dropped (kernel)": sum(q.user_dropped for q in kernel.values())}
+    assert s["lost_packets"] == 0 and s["packets"] > 1000, (s, where)
+    assert kernel and not any(where.values()), (kernel, where)  # `kernel` empty: the queue was not read
     stop = events(log, "stop")[-1]["counters"]
     assert stop["nfq:drop"] == 0 and stop["nfq:errors"] == 0
+
+
+def udp_receive_overflows(host: Host) -> int:
+    """UDP datagrams `host`'s kernel dropped because a socket's receive buffer was full (/proc/net/snmp)."""
+    rows = [line.split() for line in host.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+            if line.startswith("Udp:")]
+    return int(dict(zip(rows[0][1:], rows[1][1:]))["RcvbufErrors"])
