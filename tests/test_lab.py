@@ -230,11 +230,29 @@ def _root_state() -> dict[str, object]:
             if STATE_DIR.exists() else []}
 
 
+def _baseline() -> dict[str, object]:
+    """The machine's state before a lab test, once leftovers of dead labs are gone.
+
+    A lab sweeps dead labs when it starts (`sweep_dead_labs`), so a snapshot that still held a killed earlier
+    run's bridge or state file (a CI machine after a cut-off session, say) would differ from the state after the
+    test for reasons that are not the test's. Sweep first, then wait for the killed namespaces' links to go.
+    """
+    sweep_dead_labs()
+    state, deadline = _root_state(), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        again = _root_state()
+        if again == state:
+            break
+        state = again
+    return state
+
+
 @pytest.fixture(scope="module")
 def gfw_lab(tmp_path_factory):
     if os.geteuid() != 0 or not HAVE_MININET:
         pytest.skip("needs root and Mininet")
-    before = _root_state()
+    before = _baseline()
     lab = Lab(LabConfig(topo="isp", profile="gfw", clients=1, workdir=tmp_path_factory.mktemp("gfwlab"),
                         names=("example.org", "twitter.com", "www.bbc.com", "bbc.com", "www.youtube.com",
                                *HOSTED_NAMES)))
@@ -490,7 +508,7 @@ def test_metrics_are_served_in_the_censor_namespace(gfw_lab: Lab) -> None:
 @needs_lab
 @pytest.mark.mininet
 def test_lab_started_twice_in_a_row(tmp_path: Path) -> None:
-    before = _root_state()
+    before = _baseline()
     for i in range(2):
         with Lab(LabConfig(topo="inline", profile="gfw", names=("example.org", "twitter.com"),
                            workdir=tmp_path / f"run{i}")) as lab:
@@ -502,7 +520,7 @@ def test_lab_started_twice_in_a_row(tmp_path: Path) -> None:
 @needs_lab
 @pytest.mark.mininet
 def test_bad_profile_fails_before_anything_starts(tmp_path: Path) -> None:
-    before = _root_state()
+    before = _baseline()
     with pytest.raises(LabError) as e:
         Lab(LabConfig(topo="inline", profile="no-such-profile", workdir=tmp_path)).start()
     assert e.value.code == 2 and "no-such-profile" in str(e.value)
@@ -529,7 +547,7 @@ def _start_script_lab(tmp_path: Path, script: str) -> tuple[subprocess.Popen[str
 @pytest.mark.mininet
 @pytest.mark.parametrize("sig, rc", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_tears_everything_down(tmp_path: Path, sig: int, rc: int) -> None:
-    before = _root_state()
+    before = _baseline()
     p, out = _start_script_lab(tmp_path, "c1 sleep 120 & sleep 120\n")
     p.send_signal(sig)
     assert p.wait(60) == rc, out.read_text()
@@ -541,7 +559,7 @@ def test_signal_tears_everything_down(tmp_path: Path, sig: int, rc: int) -> None
 @needs_lab
 @pytest.mark.mininet
 def test_sigkill_leftovers_are_swept_by_the_next_lab(tmp_path: Path) -> None:
-    before = _root_state()
+    before = _baseline()
     p, out = _start_script_lab(tmp_path, "c1 sleep 120\n")
     p.kill()
     p.wait(10)
