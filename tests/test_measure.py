@@ -180,6 +180,14 @@ def test_list_override_replaces_only_that_list(tmp_path: Path) -> None:
         profiles.with_list("gfw", "nope", ["x"], tmp_path / "n.yaml")
 
 
+def test_idle_timeout_scaled_in_a_profile_that_includes_the_bundled_one(tmp_path: Path) -> None:
+    scaled = load_profile(str(profiles.with_idle_timeout("tspu-2021", 3, tmp_path / "i.yaml")))
+    bundled = load_profile("tspu-2021")
+    assert scaled.flows.idle_timeout == 3.0 and bundled.flows.idle_timeout == 600.0  # T21-6, scaled
+    assert scaled.flows.max_flows == bundled.flows.max_flows and scaled.rules == bundled.rules
+    assert scaled.tcp == bundled.tcp and scaled.matching == bundled.matching
+
+
 # -------------------------------------------------------------------------------------------- published lines
 
 def test_every_published_line_names_a_real_strategy_with_valid_arguments() -> None:
@@ -195,6 +203,22 @@ def test_every_published_line_names_a_real_strategy_with_valid_arguments() -> No
     assert {"T21-E", "T22-E", "G-E", "H-E", "GQ-E"} <= ids
     assert published.agrees(True, "ok") is True and published.agrees(False, "throttled") is True
     assert published.agrees(True, "reset") is False and published.agrees(True, "error") is None
+
+
+def test_t21_6_lines_run_in_the_matrix_and_the_idle_wait_follows_a_scaled_timeout() -> None:
+    """Waiting out the idle timeout (must evade) and an injected RST / FIN (must NOT evade) are matrix cells:
+    at the published 600 s the wait is 610 s; with the censor's idle timeout scaled down, just past it."""
+    from dpi.measure.matrix import idle_wait_seconds, plan
+    from dpi.strategies import idle_seconds
+    cells = {c.label: c for c in plan("tspu-2021")}
+    assert cells["idle-wait"].expectation.evades and idle_seconds("idle-wait", ()) == 610
+    assert not cells["tcb-teardown flags=rst"].expectation.evades
+    assert not cells["tcb-teardown flags=fin"].expectation.evades
+    (wait,) = [c for c in plan("tspu-2021", idle_timeout=20) if c.strategy == "idle-wait"]
+    assert wait.args == ("seconds=25",) and idle_seconds(wait.strategy, wait.args) == 25 > 20
+    assert idle_wait_seconds(3) == 5 and idle_wait_seconds(600) == 750
+    assert all("T21-6" not in b for _p, b, _l, _w in published.NOT_RUN)
+    assert idle_seconds("bogus", ()) == 0 and idle_seconds("idle-wait", ("seconds=x",)) == 0
 
 
 def test_strategy_workloads_and_probe_output_parsing() -> None:

@@ -19,10 +19,11 @@ Lab facts that shape the checks (not missing features):
   with its default record evades the censor (no censorship event, the server's alert reaches the client) but
   cannot complete a fetch; the same "another TLS record first" with `record=empty-handshake`, which OpenSSL
   skips, completes at link speed.
-- IP fragmentation (T22-E) and waiting out the 10-minute idle timeout (T21-E) are not strategies of
-  `redweb probe` and are not checked here; connection tracking in the router reassembles IP fragments before
-  NFQUEUE (PLATFORM.md), so a lab censor cannot see fragments anyway. T21-E's "injected RST/FIN must NOT
-  evade" is a property of the censor's state, not of a client strategy.
+- Waiting out the 10-minute idle timeout (T21-6, T21-E) runs against tspu-2021 with only its idle timeout
+  scaled down to 3 s (a profile that includes the bundled one); the injected RST / FIN of T21-E goes out with a
+  wrong checksum, so it reaches the censor and not the server.
+- IP fragmentation (T22-E) is not a strategy of `redweb probe` and is not checked here: connection tracking in
+  the router reassembles IP fragments before NFQUEUE (PLATFORM.md), so a lab censor cannot see fragments.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from dpi.measure.profiles import with_idle_timeout
 from tests.live import PY, ROOT, Live, read_log, wait_for
 from tests.netns import Path3
 
@@ -130,7 +132,7 @@ class Censor:
     """A `redweb run --profile NAME` in the router for one test class, and its event log."""
 
     def __init__(self, lab: Lab, profile: str) -> None:
-        self.log = lab.base / f"{profile}.jsonl"
+        self.log = lab.base / f"{Path(profile).stem}.jsonl"
         self.live = Live(lab.router, *INSIDE, "--log", str(self.log), "--seed", "1", profile=profile)
 
     def events(self, result: dict) -> list[dict[str, Any]]:
@@ -151,6 +153,9 @@ def censor(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Censor]:
     """The bundled profile `PROFILE` of the test class, censoring the lab's client networks."""
     profile: str = request.cls.PROFILE
     assert (ROOT / "rules" / f"{profile}.yaml").exists(), f"bundled profile {profile} missing"
+    idle: float | None = getattr(request.cls, "IDLE_TIMEOUT", None)
+    if idle is not None:  # the bundled profile, included unchanged but for its idle timeout
+        profile = str(with_idle_timeout(profile, idle, lab.base / f"{profile}-idle-{idle:g}s.yaml"))
     timestamps = getattr(request.cls, "CLIENT_TCP_TIMESTAMPS", True)
     lab.client.run(f"sysctl -qw net.ipv4.tcp_timestamps={int(timestamps)}")
     censor = Censor(lab, profile)
@@ -211,11 +216,38 @@ class TestTspu2021:
         assert r["outcome"] == "throttled", r
         assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
 
+    @pytest.mark.parametrize("args", [("flags=rst",), ("flags=fin",), ("flags=rst-ack", "when=before")])
+    def test_T21_E_must_not_evade_an_injected_rst_or_fin(self, lab: Lab, censor: Censor, args: tuple[str, ...]
+                                                         ) -> None:
+        """T21-6: the throttling state survives a RST or FIN the censor sees (and the server never gets)."""
+        r = lab.probe("tcb-teardown", *args)
+        assert r["outcome"] == "throttled", r
+        assert any("sent after" in n or "sent before" in n for n in r["notes"]), r  # it did go out
+        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+
     def test_T21_E_over_ipv6_random_fake_evades_decoy_does_not(self, lab: Lab, censor: Censor) -> None:
         """The same two lines over IPv6: the crafted fake segments are IPv6 packets."""
         ok_at_link_speed(r := lab.probe("fake-first", "kind=random", v6=True))
         evaded(censor, r)
         r = lab.probe("fake-first", "kind=decoy", v6=True)
+        assert r["outcome"] == "throttled", r
+        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+class TestTspu2021IdleTimeout:
+    """T21-6 / T21-E "waiting out the idle timeout": tspu-2021 with its ~10-minute timer scaled down to 3 s."""
+
+    PROFILE = "tspu-2021"
+    IDLE_TIMEOUT = 3.0
+
+    def test_T21_E_must_evade_waiting_out_the_idle_timeout(self, lab: Lab, censor: Censor) -> None:
+        r = lab.probe("idle-wait", "seconds=5")
+        censor.fired(r, "throttle")  # throttled from its ClientHello on...
+        ok_at_link_speed(r)  # ... and at link speed once the censor has forgotten it
+
+    def test_T21_6_a_shorter_silence_does_not_release_the_flow(self, lab: Lab, censor: Censor) -> None:
+        r = lab.probe("idle-wait", "seconds=1")
         assert r["outcome"] == "throttled", r
         assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
 

@@ -55,7 +55,7 @@ def test_catalogue_names_transports_and_targets() -> None:
     assert list(CATALOGUE)[0] == "none"
     expected = {"none", "tcp-segment", "tls-record-frag", "ccs-first", "padding", "fake-first", "trailing-dot",
                 "sni-case", "tcp-timestamps", "drop-rst", "quic-dummy-first", "quic-low-sport", "quic-v2",
-                "quic-crypto-split", "server-window", "split-handshake"}
+                "quic-crypto-split", "server-window", "split-handshake", "tcb-teardown", "idle-wait"}
     assert set(CATALOGUE) == expected
     for name, cls in CATALOGUE.items():
         assert cls.name == name and cls.summary(), name
@@ -75,6 +75,9 @@ def test_catalogue_names_transports_and_targets() -> None:
     ("quic-low-sport", {"port": "70000"}, "1-65535"),
     ("drop-rst", {"payload": "xyz"}, "hex"),
     ("quic-crypto-split", {"order": "sideways"}, "forward, reverse"),
+    ("tcb-teardown", {"flags": "syn"}, "one of rst, rst-ack, fin"),
+    ("tcb-teardown", {"when": "during"}, "one of after, before"),
+    ("idle-wait", {"seconds": "-1"}, ">= 0"),
 ])
 def test_bad_parameters_are_usage_errors(name: str, args: dict[str, str], message: str) -> None:
     with pytest.raises(StrategyError, match=message):
@@ -182,6 +185,31 @@ def test_fake_first_decoy_is_a_real_clienthello_for_the_innocuous_name_via_ttl()
     assert ch(fake.payload).sni == ("example.org",)
     assert fake.ttl == 3 and not fake.bad_checksum
     assert ch(plan.writes[0]).sni == (NAME,)
+
+
+@pytest.mark.parametrize("flags,bits", [("rst", "R"), ("rst-ack", "RA"), ("fin", "FA")])
+def test_tcb_teardown_after_the_clienthello_T21_6(flags: str, bits: str) -> None:
+    f = flight()
+    plan = build("tcb-teardown", {"flags": flags}).plan(f)
+    assert plan.writes == (f.hello,) and plan.fakes == ()  # the ClientHello goes out untouched, first
+    (segment,) = plan.after
+    assert segment.payload == b"" and segment.bad_checksum and segment.ttl is None
+    wire = IP(tcp_packet("10.0.0.1", "10.0.0.2", 40000, 443, 1, 2, segment.payload, flags=segment.flags))
+    assert wire[TCP].flags == bits
+
+
+def test_tcb_teardown_before_the_clienthello_via_ttl() -> None:
+    plan = build("tcb-teardown", {"when": "before", "via": "ttl", "ttl": "3", "flags": "fin"}).plan(flight())
+    (segment,) = plan.fakes
+    assert plan.after == () and segment.ttl == 3 and not segment.bad_checksum
+    assert segment.describe() == "FIN/ACK segment of 0 bytes (ttl 3)"
+
+
+def test_idle_wait_plans_a_silence_and_says_so_to_callers_T21_6() -> None:
+    strategy = build("idle-wait")
+    assert strategy.idle_seconds() == 610 and strategy.plan(flight()).idle == 610  # T21-6: ~10 min, plus margin
+    assert build("idle-wait", {"seconds": "3"}).plan(flight()).idle == 3
+    assert build("none").idle_seconds() == 0 and build("none").plan(flight()).idle == 0
 
 
 def test_sni_changes_trailing_dot_and_case() -> None:
@@ -446,31 +474,61 @@ def test_nothing_listening_is_refused() -> None:
     assert trace.ending == "refused" and classify(trace, timeout=2)[0] == "error"
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to capture on loopback (AF_PACKET)")
-def test_each_write_leaves_as_its_own_segment_on_the_wire(tls_server: int, certs: ModuleType) -> None:
-    """TCP_NODELAY plus waiting for the send queue: the segments on the wire are the strategy's writes."""
+def _fetch_on_the_wire(tls_server: int, certs: ModuleType, strategy: str, args: dict[str, str]
+                       ) -> tuple[Trace, list[IP]]:
+    """A fetch with `strategy`, and the IPv4 TCP packets it sent to the server as a capture on loopback saw them."""
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     cap.bind(("lo", 0))
     try:
-        trace = _fetch(tls_server, certs, "tcp-segment", {"at": "5,40"})
-        assert trace.ending == "done"
+        trace = _fetch(tls_server, certs, strategy, args)
         sport = trace.local[1] if trace.local else 0
-        sizes = []
+        sent: list[IP] = []
         cap.setblocking(False)
         while True:
             try:
                 frame, addr = cap.recvfrom(65536)
             except BlockingIOError:
                 break
-            if addr[2] != socket.PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
-                continue
-            ip = IP(frame[14:])
-            if TCP in ip and ip[TCP].sport == sport and ip[TCP].dport == tls_server and len(ip[TCP].payload):
-                sizes.append(len(ip[TCP].payload))
+            if addr[2] == socket.PACKET_OUTGOING and frame[12:14] == b"\x08\x00":
+                ip = IP(frame[14:])
+                if TCP in ip and ip[TCP].sport == sport and ip[TCP].dport == tls_server:
+                    sent.append(ip)
     finally:
         cap.close()
+    return trace, sent
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to capture on loopback (AF_PACKET)")
+def test_each_write_leaves_as_its_own_segment_on_the_wire(tls_server: int, certs: ModuleType) -> None:
+    """TCP_NODELAY plus waiting for the send queue: the segments on the wire are the strategy's writes."""
+    trace, sent = _fetch_on_the_wire(tls_server, certs, "tcp-segment", {"at": "5,40"})
+    assert trace.ending == "done"
+    sizes = [len(ip[TCP].payload) for ip in sent if len(ip[TCP].payload)]
     hello_len = len(hello_for())
     assert sizes[:3] == [5, 35, hello_len - 40], sizes
+
+
+def test_idle_wait_silence_is_not_counted_against_the_timeout(tls_server: int, certs: ModuleType) -> None:
+    trace = fetch_tls(Target(NAME, tls_server, "/", "127.0.0.1"), build("idle-wait", {"seconds": "2"}),
+                      cafile=str(certs.ca_cert), timeout=1.5)
+    assert trace.ending == "done" and trace.body == len(BODY), trace
+    assert trace.handshake is not None and trace.request is not None and trace.request - trace.handshake >= 2
+    assert "connection silent for 2 s after the handshake" in trace.notes
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TCP_REPAIR, raw socket, AF_PACKET capture)")
+@pytest.mark.parametrize("flags,bits", [("rst", "R"), ("fin", "FA")])
+def test_tcb_teardown_leaves_after_the_clienthello_and_the_server_ignores_it(tls_server: int, certs: ModuleType,
+                                                                            flags: str, bits: str) -> None:
+    """On the wire: the teardown segment follows the ClientHello at the next sequence number, with a wrong
+    checksum, so the server's stack drops it and the fetch completes (it is meant for the censor only)."""
+    trace, sent = _fetch_on_the_wire(tls_server, certs, "tcb-teardown", {"flags": flags})
+    assert trace.ending == "done" and trace.body == len(BODY), trace  # the server never saw the teardown
+    hello = next(i for i, p in enumerate(sent) if bytes(p[TCP].payload)[:1] == b"\x16")
+    teardown = [p for p in sent if "R" in str(p[TCP].flags) or "F" in str(p[TCP].flags)][0]
+    assert str(teardown[TCP].flags) == bits and not bytes(teardown[TCP].payload)
+    assert teardown[TCP].seq == sent[hello][TCP].seq + len(sent[hello][TCP].payload)
+    assert sent.index(teardown) > hello and not _tcp_checksum_ok(teardown)
 
 
 # -- probe: target and outcome -----------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dpi.lab import Lab, LabConfig
+from dpi.measure.profiles import with_idle_timeout
 from dpi.measure import published as pub
 from dpi.measure.progress import Progress
 from dpi.measure.results import Claim, Measurement
@@ -47,8 +48,14 @@ class Cell:
         return text
 
 
-def plan(profile: str, cells: str = "published") -> list[Cell]:
-    """The cells of one profile's column (see the module docstring)."""
+def idle_wait_seconds(idle_timeout: float) -> int:
+    """How long the idle-wait cell stays silent against a censor forgetting flows after `idle_timeout` s."""
+    return int(idle_timeout + max(2.0, idle_timeout / 4) + 0.999)
+
+
+def plan(profile: str, cells: str = "published", idle_timeout: float | None = None) -> list[Cell]:
+    """The cells of one profile's column (see the module docstring). `idle_timeout`: the lab's censor forgets
+    idle flows after that many seconds (a scaled-down T21-6), so the idle-wait cell waits just past it."""
     if profile not in pub.SETUPS:
         raise ValueError(f"no published evasion lines for profile {profile!r}: one of {', '.join(pub.SETUPS)}")
     setup = pub.SETUPS[profile]
@@ -58,7 +65,10 @@ def plan(profile: str, cells: str = "published") -> list[Cell]:
         if transport not in setup.no_control:
             out.append(Cell(profile, "none", (), transport, pub.ALLOWED_NAME, "control"))
     for e in pub.expectations_for(profile):
-        out.append(Cell(profile, e.strategy, e.args, e.transport, pub.BLOCKED_NAME, "published", e))
+        args = e.args
+        if e.strategy == "idle-wait" and idle_timeout is not None:
+            args = (f"seconds={idle_wait_seconds(idle_timeout)}",)
+        out.append(Cell(profile, e.strategy, args, e.transport, pub.BLOCKED_NAME, "published", e))
     if cells == "all":
         from dpi.strategies import CATALOGUE
         covered = {(c.strategy, c.transport) for c in out}
@@ -80,11 +90,15 @@ def _raw_outcome(trial_outcome: str, doc: dict[str, Any]) -> str:
 
 
 def run_profile(profile: str, cells: Sequence[Cell], out: Path, *, topo: str = "isp",
-                timeout: float = PROBE_TIMEOUT, bar: Progress | None = None,
+                timeout: float = PROBE_TIMEOUT, idle_timeout: float | None = None, bar: Progress | None = None,
                 say: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> list[dict[str, Any]]:
-    """One lab with `profile`, one client per cell; a record per cell."""
+    """One lab with `profile` (with its idle timeout scaled to `idle_timeout` if given), one client per cell;
+    a record per cell."""
     setup = pub.SETUPS[profile]
-    cfg = LabConfig(topo=topo, profile=profile, names=(pub.ALLOWED_NAME, pub.BLOCKED_NAME), clients=len(cells),
+    run = profile
+    if idle_timeout is not None:
+        run = str(with_idle_timeout(profile, idle_timeout, out / f"profile-{profile}-idle.yaml"))
+    cfg = LabConfig(topo=topo, profile=run, names=(pub.ALLOWED_NAME, pub.BLOCKED_NAME), clients=len(cells),
                     workdir=out / f"lab-{profile}")
     records: list[dict[str, Any]] = []
     with Lab(cfg) as lab:
@@ -121,17 +135,22 @@ def run_profile(profile: str, cells: Sequence[Cell], out: Path, *, topo: str = "
 
 
 def measure_matrix(out: Path, *, profiles: Sequence[str] | None = None, cells: str = "published",
-                   topo: str = "isp", timeout: float = PROBE_TIMEOUT, progress: bool = True,
+                   topo: str = "isp", timeout: float = PROBE_TIMEOUT, idle_timeout: float | None = None,
+                   progress: bool = True,
                    say: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Measurement:
-    profiles = list(profiles or pub.SETUPS)
-    plans = {p: plan(p, cells) for p in profiles}
-    m = Measurement("matrix", config={"profiles": profiles, "cells": cells, "topo": topo, "timeout": timeout,
+    """The matrix of `profiles`. `idle_timeout`: run every profile with its idle timeout scaled to that many
+    seconds (T21-6's 10 minutes would make the idle-wait cell a 10-minute wait); None: as published."""
+    chosen = list(profiles or pub.SETUPS)
+    plans = {p: plan(p, cells, idle_timeout) for p in chosen}
+    m = Measurement("matrix", config={"profiles": chosen, "cells": cells, "topo": topo, "timeout": timeout,
+                                      "idle_timeout": idle_timeout,
                                       "blocked_name": pub.BLOCKED_NAME, "allowed_name": pub.ALLOWED_NAME,
                                       "not_run": [{"profile": p, "behaviour": b, "line": ln, "why": why}
-                                                  for p, b, ln, why in pub.NOT_RUN if p in profiles]})
+                                                  for p, b, ln, why in pub.NOT_RUN if p in chosen]})
     bar = Progress(sum(len(c) for c in plans.values()), "matrix", enabled=progress)
-    for p in profiles:
-        m.records += run_profile(p, plans[p], out, topo=topo, timeout=timeout, bar=bar, say=say)
+    for p in chosen:
+        m.records += run_profile(p, plans[p], out, topo=topo, timeout=timeout, idle_timeout=idle_timeout, bar=bar,
+                                 say=say)
     bar.close()
     summarise(m)
     m.finish()

@@ -59,9 +59,12 @@ def _put(rules: list[dict[str, Any]], rule: dict[str, Any]) -> None:
 
 
 def write_profile(path: Path, base: str, name: str, summary: str, *, lists: dict[str, Any] | None = None,
-                  rules: Sequence[dict[str, Any]] = (), comment: str = "") -> Path:
+                  rules: Sequence[dict[str, Any]] = (), flows: dict[str, Any] | None = None,
+                  comment: str = "") -> Path:
     """Write `path`: `include: [base]` plus the overrides; loads it once so a mistake fails here, not in the lab."""
     doc: dict[str, Any] = {"name": name, "summary": summary, "include": [_include_ref(base)]}
+    if flows:
+        doc["flows"] = flows
     if lists:
         doc["lists"] = lists
     if rules:
@@ -90,6 +93,16 @@ def with_residual_seconds(base: str, seconds: float, path: Path) -> Path:
                          rules=changed,
                          comment=f"Measurement variant written by `redweb measure`: {base} unchanged except the "
                                  f"residual seconds ({label} s) of: {', '.join(r['name'] for r in changed)}.")
+
+
+def with_idle_timeout(base: str, seconds: float, path: Path) -> Path:
+    """`base` with its TCP idle timeout set to `seconds` (T21-6: ~600 s), so waiting it out takes seconds."""
+    label = f"{seconds:g}"
+    return write_profile(path, base, f"{Path(base).stem}-idle-{label}s",
+                         f"{base} with its TCP idle timeout set to {label} s (measurement variant)",
+                         flows={"idle_timeout": float(seconds)},
+                         comment=f"Measurement variant written by `redweb measure`: {base} unchanged except "
+                                 f"flows.idle_timeout ({label} s).")
 
 
 def with_list(base: str, list_name: str, entries: Sequence[str], path: Path, *, fmt: str = "plain",

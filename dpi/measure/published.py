@@ -66,6 +66,11 @@ EXPECTATIONS: tuple[Expectation, ...] = (
     Expectation("tspu-2021", "trailing-dot", (), "tls", True, "T21-E", "trailing dot in the SNI (twitter.com.)"),
     Expectation("tspu-2021", "fake-first", ("kind=decoy", f"decoy={ALLOWED_NAME}"), "tls", False, "T21-3, T21-E",
                 "must NOT evade: a single fake ClientHello (inspection goes on 15-20 packets)"),
+    Expectation("tspu-2021", "idle-wait", (), "tls", True, "T21-6, T21-E", "waiting out the ~10 min idle timeout"),
+    Expectation("tspu-2021", "tcb-teardown", ("flags=rst",), "tls", False, "T21-6, T21-E",
+                "must NOT evade: an injected RST"),
+    Expectation("tspu-2021", "tcb-teardown", ("flags=fin",), "tls", False, "T21-6, T21-E",
+                "must NOT evade: an injected FIN"),
     # TSPU-2022 (T22-E)
     Expectation("tspu-2022", "tcp-segment", (), "tls", True, "T22-E", "TCP segmentation of the ClientHello"),
     Expectation("tspu-2022", "padding", (), "tls", True, "T22-E", "TLS padding"),
@@ -93,8 +98,6 @@ EXPECTATIONS: tuple[Expectation, ...] = (
 
 # Published lines that no `redweb probe` client strategy carries out in the lab, and why.
 NOT_RUN: tuple[tuple[str, str, str, str], ...] = (
-    ("tspu-2021", "T21-6, T21-E", "waiting out the ~10 min idle timeout", "a 10-minute wait, not a strategy"),
-    ("tspu-2021", "T21-6, T21-E", "must NOT evade: injected RST/FIN", "not a strategy of `redweb probe`"),
     ("tspu-2022", "T22-5, T22-E", "IP fragmentation of the ClientHello",
      "conntrack in the censor's namespace reassembles fragments before NFQUEUE (PLATFORM.md)"),
 )

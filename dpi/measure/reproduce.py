@@ -54,10 +54,11 @@ class Scale:
     residual_window: float | None  # None: the bundled profile's own (180 s)
     fet_n: int
     fet_exempt_each: int
+    idle_timeout: float | None  # of the matrix's censors; None: the bundled profile's own (T21-6: 600 s)
 
 
-FULL = Scale(goodput_seconds=30.0, residual_window=None, fet_n=1000, fet_exempt_each=20)
-QUICK = Scale(goodput_seconds=15.0, residual_window=20.0, fet_n=200, fet_exempt_each=5)
+FULL = Scale(goodput_seconds=30.0, residual_window=None, fet_n=1000, fet_exempt_each=20, idle_timeout=None)
+QUICK = Scale(goodput_seconds=15.0, residual_window=20.0, fet_n=200, fet_exempt_each=5, idle_timeout=20.0)
 
 
 def _fetch_names(profile: str, variant: str, names: Sequence[str], out: Path) -> list[dict[str, Any]]:
@@ -155,7 +156,7 @@ def run_reproductions(out: Path, *, only: Sequence[str] = REPRODUCTIONS, quick: 
     if "matrix" in only:
         d = out / "matrix"
         say("== 4/4 evasion matrix (T21-E, T22-E, G-E, H-E, GQ-E)")
-        mx = measure_matrix(d, progress=progress, say=say)
+        mx = measure_matrix(d, idle_timeout=scale.idle_timeout, progress=progress, say=say)
         mx.claims = matrix_claims(mx)
         _write(mx, d, plots.matrix)
         extra = matrix_markdown(mx)

@@ -142,10 +142,12 @@ def probe_trial(lab: Lab, client: str, name: str, strategy: str, *, addr: str | 
                 download: int | None = PROBE_DOWNLOAD, quic: bool = False) -> tuple[Trial, dict[str, Any]]:
     """One fetch with an evasion strategy through `redweb probe` on the client host: the trial, and the probe's
     own JSON result (reason, timings, the client address and port it used)."""
+    from dpi.strategies import idle_seconds
     addr = addr or lab.addr(name)
     t0 = time.monotonic()
     r = lab.run(client, probe_argv(lab, name, addr, strategy, url=url, strategy_args=strategy_args,
-                                   timeout=timeout, download=download, quic=quic), timeout=timeout + 30)
+                                   timeout=timeout, download=download, quic=quic),
+                timeout=timeout + 30 + idle_seconds(strategy, strategy_args))
     outcome, detail, doc = parse_probe_output(r.stdout, r.stderr, r.rc)
     kbps = doc.get("goodput_kbps")
     body = doc.get("body_bytes")

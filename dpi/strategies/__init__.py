@@ -18,7 +18,7 @@ to step around one measured parser limit of CENSOR-MODELS.md. Modules, one conce
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from dpi.strategies.base import (FakeSegment, Flight, Param, QuicPlan, Strategy, StrategyError, TcpPlan,
                                  Transport)
@@ -43,6 +43,15 @@ def build(name: str, args: Mapping[str, str] | None = None) -> Strategy:
     return cls(args)
 
 
+def idle_seconds(name: str, pairs: Sequence[str]) -> float:
+    """How long strategy `name` with `K=V` pairs keeps its connection silent on purpose (0 for a bad name or
+    argument: the probe reports that itself); whoever waits for a probe adds it to the timeout."""
+    try:
+        return build(name, parse_args(list(pairs))).idle_seconds()
+    except StrategyError:
+        return 0.0
+
+
 def parse_args(pairs: list[str] | None) -> dict[str, str]:
     """`["at=5", "delay_ms=10"]` -> {"at": "5", "delay_ms": "10"}; raises StrategyError on `K` without `=V`."""
     out: dict[str, str] = {}
@@ -57,4 +66,4 @@ def parse_args(pairs: list[str] | None) -> dict[str, str]:
 
 
 __all__ = ["CATALOGUE", "FakeSegment", "Flight", "Param", "QuicPlan", "Strategy", "StrategyError", "TcpPlan",
-           "Transport", "build", "catalogue", "parse_args"]
+           "Transport", "build", "catalogue", "idle_seconds", "parse_args"]

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from dpi.strategies.rawtcp import ACK, FIN, PSH, RST
+
 Transport = Literal["tcp", "quic", "any", "server"]
 
 
@@ -74,16 +76,23 @@ def parse_offsets(where: str, text: str) -> tuple[int, ...] | Literal["sni"]:
 
 @dataclass(frozen=True)
 class FakeSegment:
-    """A TCP data segment sent before the real first flight that must reach the censor but never the server.
+    """A crafted TCP segment that must reach the censor but never the server: a fake data segment sent before
+    the real first flight (fake-first), or a RST / FIN meant to tear down the censor's state (tcb-teardown).
 
     `ttl`: IP TTL / hop limit that expires between the censor and the server (None: the system default).
     `bad_checksum`: the TCP checksum is wrong, so the server's stack drops it while a censor that does not
-    verify checksums still reads it.
+    verify checksums still reads it. `flags`: the TCP flags byte (default PSH/ACK, a data segment).
     """
 
     payload: bytes
     ttl: int | None = None
     bad_checksum: bool = False
+    flags: int = PSH | ACK
+
+    def describe(self) -> str:
+        names = "/".join(n for bit, n in ((FIN, "FIN"), (RST, "RST"), (PSH, "PSH"), (ACK, "ACK")) if self.flags & bit)
+        how = f"ttl {self.ttl}" if self.ttl else "bad checksum" if self.bad_checksum else "plain"
+        return f"{names} segment of {len(self.payload)} bytes ({how})"
 
 
 @dataclass(frozen=True)
@@ -92,15 +101,19 @@ class TcpPlan:
 
     `writes`: the bytes of each send() call, in order; each one leaves as its own TCP segment (TCP_NODELAY and
     a wait until the kernel has sent it). `fakes`: crafted segments sent first from a raw socket, with the
-    connection's own sequence numbers. `tcp_timestamps`: the segments must carry the TCP timestamp option.
-    `drop_rst`: a firewall rule on the client drops matching RSTs for this connection only.
+    connection's own sequence numbers; `after`: the same, sent once the first flight has left (the censor has
+    decided by then). `tcp_timestamps`: the segments must carry the TCP timestamp option. `drop_rst`: a
+    firewall rule on the client drops matching RSTs for this connection only. `idle`: seconds the connection
+    stays silent between the TLS handshake and the request (added to the fetch's deadline).
     """
 
     writes: tuple[bytes, ...]
     fakes: tuple[FakeSegment, ...] = ()
+    after: tuple[FakeSegment, ...] = ()
     tcp_timestamps: bool = False
     drop_rst: bytes | None = None  # drop incoming RSTs on this connection carrying these bytes (b"": every RST)
     gap: float = 0.0  # seconds to wait between writes (after each one has left)
+    idle: float = 0.0
     notes: tuple[str, ...] = ()
 
 
@@ -171,6 +184,10 @@ class Strategy:
     def server_name(self, host: str) -> str:
         """The SNI to send for a URL whose host is `host` (certificate checks always use `host`)."""
         return host
+
+    def idle_seconds(self) -> float:
+        """Seconds this strategy keeps a connection silent on purpose: callers add them to their timeouts."""
+        return 0.0
 
     def configure(self, ctx: ssl.SSLContext, measure: Callable[[ssl.SSLContext], int]) -> None:
         """Adjust the client's TLS context; `measure(ctx)` is the size of the ClientHello that ctx produces."""

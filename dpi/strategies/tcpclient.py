@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from dpi.strategies import rawtcp
-from dpi.strategies.base import Flight, Strategy, StrategyError, TcpPlan
+from dpi.strategies.base import FakeSegment, Flight, Strategy, StrategyError, TcpPlan
 from dpi.strategies.firewall import DropRst, FirewallError
 from dpi.strategies.trace import Trace
 
@@ -112,17 +112,18 @@ def _recv(sock: socket.socket, trace: Trace, deadline: float) -> bytes:
         raise _Deadline() from None
 
 
-def _send_fakes(sock: socket.socket, plan: TcpPlan, target: Target, trace: Trace) -> None:
+def _send_fakes(sock: socket.socket, fakes: tuple[FakeSegment, ...], target: Target, trace: Trace,
+                when: str) -> None:
+    """Crafted segments at the connection's current sequence numbers (read with TCP_REPAIR), from a raw socket."""
     state = rawtcp.read_sequence(sock)
     options = rawtcp.timestamp_option(sock)  # the same TCP header length as the real segments
     src, sport = sock.getsockname()[:2]
-    for fake in plan.fakes:
+    for fake in fakes:
         packet = rawtcp.tcp_packet(src, target.address, sport, target.port, state.snd_nxt, state.rcv_nxt,
-                                   fake.payload, window=state.window, ttl=fake.ttl or 64, options=options,
-                                   bad_checksum=fake.bad_checksum)
+                                   fake.payload, flags=fake.flags, window=state.window, ttl=fake.ttl or 64,
+                                   options=options, bad_checksum=fake.bad_checksum)
         rawtcp.send_raw(packet)
-        how = f"ttl {fake.ttl}" if fake.ttl else "bad checksum" if fake.bad_checksum else "plain"
-        trace.notes.append(f"fake segment of {len(fake.payload)} bytes sent first ({how}), seq {state.snd_nxt}")
+        trace.notes.append(f"fake {fake.describe()} sent {when}, seq {state.snd_nxt}")
 
 
 def _write_first_flight(sock: socket.socket, plan: TcpPlan, trace: Trace) -> None:
@@ -154,6 +155,7 @@ def fetch_tls(target: Target, strategy: Strategy, *, cafile: str | None = None, 
     tls, incoming, outgoing, hello = client_hello(ctx, sni)
     plan = strategy.plan(Flight(hello, sni, make_hello=lambda name: client_hello(ctx, name)[3]))
     trace.notes.extend(plan.notes)
+    deadline += plan.idle  # the strategy's own silence does not count against the timeout
     sock = socket.socket(target.family, socket.SOCK_STREAM)
     firewall: DropRst | None = None
     try:
@@ -230,9 +232,13 @@ def _run(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgo
             rawtcp.force_timestamps(sock)
             trace.notes.append("TCP timestamps forced on this socket (TCP_REPAIR_OPTIONS)")
     if plan.fakes:
-        _send_fakes(sock, plan, target, trace)
+        _send_fakes(sock, plan.fakes, target, trace, "before the first flight")
     _write_first_flight(sock, plan, trace)
     trace.first_flight = trace.now()
+    if plan.after:
+        if not rawtcp.wait_sent(sock):
+            trace.notes.append("first flight still queued after 1 s")
+        _send_fakes(sock, plan.after, target, trace, "after the first flight")
 
     trace.mark("handshake")
     while True:
@@ -257,6 +263,10 @@ def _run(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgo
         if der is None or not hostname_matches(der, target.host):
             trace.end("tls-error", f"certificate: not valid for {target.host}")
             return
+    if plan.idle:
+        trace.mark("idle")
+        time.sleep(plan.idle)  # nothing is read or sent: the path sees a silent connection
+        trace.notes.append(f"connection silent for {plan.idle:g} s after the handshake")
 
     trace.mark("request")
     request = (f"GET {target.path} HTTP/1.1\r\nHost: {target.authority}\r\nUser-Agent: {USER_AGENT}\r\n"

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from dpi.strategies.base import (Flight, FakeSegment, Param, Strategy, StrategyError, TcpPlan, cut, inside_sni,
                                  sni_offset)
+from dpi.strategies.rawtcp import ACK, FIN, RST
 
 RECORD_HEADER = 5
 HANDSHAKE = 0x16
@@ -317,9 +318,65 @@ class DropRst(Strategy):
         return TcpPlan(writes=(flight.hello,), drop_rst=self.payload)
 
 
+class TcbTeardown(Strategy):
+    """A RST or FIN the server never gets, sent so the censor forgets the connection (TCB teardown).
+
+    Khattak et al. (FOCI 2013) and Wang et al. (IMC 2017) tore down the GFW's state of a connection this way.
+    Against TSPU-2021 it must NOT evade (T21-E): the throttling state survives RST and FIN and is released only
+    after ~10 minutes of silence (T21-6). `when=after` sends it once the ClientHello has left (the censor has
+    decided: does the decision survive?); `when=before` between the TCP handshake and the ClientHello (does the
+    censor still inspect?). The segment carries the connection's own sequence numbers and misses the server by
+    a wrong checksum (`via=checksum`) or an expiring TTL (`via=ttl`, needs a hop after the censor), as fake-first.
+    """
+
+    name = "tcb-teardown"
+    transport = "tcp"
+    targets = ("T21-6", "T21-E")
+    params = (
+        Param("flags", "rst", "the teardown segment: rst, rst-ack or fin (FIN/ACK)", kind="choice",
+              choices=("rst", "rst-ack", "fin")),
+        Param("when", "after", "after the ClientHello, or before it (right after the TCP handshake)",
+              kind="choice", choices=("after", "before")),
+        Param("via", "checksum", "how the segment misses the server", kind="choice", choices=("checksum", "ttl")),
+        Param("ttl", "2", "TTL / hop limit (via=ttl): it must reach the censor, not the server", kind="int",
+              minimum=1, maximum=255),
+    )
+    FLAGS = {"rst": RST, "rst-ack": RST | ACK, "fin": FIN | ACK}
+
+    def plan(self, flight: Flight) -> TcpPlan:
+        via = self.str_arg("via")
+        segment = FakeSegment(b"", ttl=self.int_arg("ttl") if via == "ttl" else None,
+                              bad_checksum=via == "checksum", flags=self.FLAGS[self.str_arg("flags")])
+        if self.str_arg("when") == "before":
+            return TcpPlan(writes=(flight.hello,), fakes=(segment,))
+        return TcpPlan(writes=(flight.hello,), after=(segment,))
+
+
+class IdleWait(Strategy):
+    """The connection stays silent between the TLS handshake and the request until the censor forgets it.
+
+    Targets T21-6 / T21-E: TSPU-2021 released a throttled connection after about ten minutes without packets;
+    to the censor the request after the wait is the middle of a flow whose start it never saw, which it leaves
+    alone (the profile's `tcp.require_syn`). The default waits 610 s; against a profile with a shorter
+    `flows.idle_timeout` wait a little longer than that. Timeouts of the fetch are counted without the wait.
+    """
+
+    name = "idle-wait"
+    transport = "tcp"
+    targets = ("T21-6", "T21-E")
+    params = (Param("seconds", "610", "how long the connection stays silent (T21-6: ~600 s)", kind="int",
+                    minimum=0, maximum=7200),)
+
+    def idle_seconds(self) -> float:
+        return float(self.int_arg("seconds"))
+
+    def plan(self, flight: Flight) -> TcpPlan:
+        return TcpPlan(writes=(flight.hello,), idle=self.idle_seconds())
+
+
 TLS_STRATEGIES: tuple[type[Strategy], ...] = (
     NoStrategy, TcpSegment, TlsRecordFrag, CcsFirst, Padding, FakeFirst, TrailingDot, SniCase, TcpTimestamps,
-    DropRst)
+    DropRst, TcbTeardown, IdleWait)
 
 __all__ = ["CCS_RECORD", "EMPTY_HANDSHAKE_RECORD", "TLS_STRATEGIES", "fragment_records", "padding_protocols",
            "records", "sni_offset"]

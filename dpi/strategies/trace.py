@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-Phase = Literal["connect", "first-flight", "handshake", "request", "response", "body", "done"]
+Phase = Literal["connect", "first-flight", "handshake", "idle", "request", "response", "body", "done"]
 Ending = Literal["done", "reset", "timeout", "closed", "tls-error", "refused", "unreachable", "error"]
 
 
