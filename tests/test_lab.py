@@ -75,6 +75,15 @@ def test_web_server_body_sizes() -> None:
     assert len(webserver.CHUNK) == 65536
 
 
+def test_web_server_outlasts_the_idle_wait_of_T21_6() -> None:
+    """A client waiting out TSPU-2021's idle timeout (idle-wait, 610 s by default) must find the lab server's end
+    of its connection still open; with the server's old 60 s limit the full reproduction's T21-6 cell was an
+    error instead of an evasion."""
+    from dpi.strategies import build
+    assert webserver.IO_TIMEOUT > build("idle-wait").idle_seconds() + 60
+    assert webserver.LabHandler.timeout == webserver.IO_TIMEOUT
+
+
 # ------------------------------------------------------------------------------------------- lab script
 
 def test_parse_script_skips_comments_and_names_bad_lines() -> None:

@@ -24,7 +24,10 @@ from typing import Any
 CHUNK = b"redweb lab payload " * 3449 + b"!!!!!"  # 65536 bytes, sent again and again for /bytes/N
 MAX_BODY = 1 << 34  # 16 GiB: "practically endless" for a time-limited download
 HANDSHAKE_TIMEOUT = 10.0
-IO_TIMEOUT = 60.0  # a throttled client (T21-4) may stall for seconds between segments
+# How long a connection may sit silent: a throttled client (T21-4) stalls for seconds between segments, and a
+# client waiting out TSPU-2021's ~10-minute idle timeout (T21-6, `redweb probe --strategy idle-wait`) sends
+# nothing for 610 s between its handshake and its request: the lab server must still be there after that.
+IO_TIMEOUT = 900.0
 
 
 def parse_size(text: str) -> int | None:
