@@ -19,14 +19,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet import IP, TCP, defragment
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, defragment6
 
 from dpi import _extract
 from dpi.probe import UsageError, classify, make_target, parse_resolve
 from dpi.strategies import CATALOGUE, StrategyError, build, parse_args
 from dpi.strategies.base import Flight, cut, inside_sni, sni_offset
 from dpi.strategies.quic import QUIC_V2
+from dpi.strategies import rawtcp
 from dpi.strategies.rawtcp import ACK, PSH, SYN, checksum, tcp_packet
 from dpi.strategies.server import bare_syn
 from dpi.strategies.tcpclient import Target, client_hello, fetch_tls, hostname_matches, tls_context
@@ -55,7 +56,7 @@ def test_catalogue_names_transports_and_targets() -> None:
     assert list(CATALOGUE)[0] == "none"
     expected = {"none", "tcp-segment", "tls-record-frag", "ccs-first", "padding", "fake-first", "trailing-dot",
                 "sni-case", "tcp-timestamps", "drop-rst", "quic-dummy-first", "quic-low-sport", "quic-v2",
-                "quic-crypto-split", "server-window", "split-handshake", "tcb-teardown", "idle-wait"}
+                "quic-crypto-split", "server-window", "split-handshake", "tcb-teardown", "idle-wait", "ip-fragment"}
     assert set(CATALOGUE) == expected
     for name, cls in CATALOGUE.items():
         assert cls.name == name and cls.summary(), name
@@ -476,7 +477,8 @@ def test_nothing_listening_is_refused() -> None:
 
 def _fetch_on_the_wire(tls_server: int, certs: ModuleType, strategy: str, args: dict[str, str]
                        ) -> tuple[Trace, list[IP]]:
-    """A fetch with `strategy`, and the IPv4 TCP packets it sent to the server as a capture on loopback saw them."""
+    """A fetch with `strategy`, and the IPv4 TCP packets (and IP fragments) it sent to the server, as a capture on
+    loopback saw them."""
     cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
     cap.bind(("lo", 0))
     try:
@@ -491,7 +493,9 @@ def _fetch_on_the_wire(tls_server: int, certs: ModuleType, strategy: str, args: 
                 break
             if addr[2] == socket.PACKET_OUTGOING and frame[12:14] == b"\x08\x00":
                 ip = IP(frame[14:])
-                if TCP in ip and ip[TCP].sport == sport and ip[TCP].dport == tls_server:
+                if ip.flags.MF or ip.frag:
+                    sent.append(ip)  # a fragment (only the client sends any here)
+                elif TCP in ip and ip[TCP].sport == sport and ip[TCP].dport == tls_server:
                     sent.append(ip)
     finally:
         cap.close()
@@ -503,7 +507,7 @@ def test_each_write_leaves_as_its_own_segment_on_the_wire(tls_server: int, certs
     """TCP_NODELAY plus waiting for the send queue: the segments on the wire are the strategy's writes."""
     trace, sent = _fetch_on_the_wire(tls_server, certs, "tcp-segment", {"at": "5,40"})
     assert trace.ending == "done"
-    sizes = [len(ip[TCP].payload) for ip in sent if len(ip[TCP].payload)]
+    sizes = [len(ip[TCP].payload) for ip in sent if TCP in ip and len(ip[TCP].payload)]
     hello_len = len(hello_for())
     assert sizes[:3] == [5, 35, hello_len - 40], sizes
 
@@ -529,6 +533,55 @@ def test_tcb_teardown_leaves_after_the_clienthello_and_the_server_ignores_it(tls
     assert str(teardown[TCP].flags) == bits and not bytes(teardown[TCP].payload)
     assert teardown[TCP].seq == sent[hello][TCP].seq + len(sent[hello][TCP].payload)
     assert sent.index(teardown) > hello and not _tcp_checksum_ok(teardown)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (TCP_REPAIR, raw socket, AF_PACKET capture)")
+def test_ip_fragment_sends_the_clienthello_only_as_fragments_and_the_server_reassembles_T22_5(
+        tls_server: int, certs: ModuleType) -> None:
+    """On the wire the ClientHello exists only as IP fragments of 64 bytes (DF clear, one IP ID, contiguous
+    offsets, MF on all but the last); reassembled they are one TCP segment carrying the whole ClientHello, and
+    the fetch completes: the server's stack put them back together and TCP never retransmitted them whole."""
+    trace, sent = _fetch_on_the_wire(tls_server, certs, "ip-fragment", {"size": "64"})
+    assert trace.ending == "done" and trace.body == len(BODY), trace
+    frags = [p for p in sent if p.flags.MF or p.frag]
+    whole = [p for p in sent if p not in frags]
+    assert not any(bytes(p[TCP].payload)[:1] == b"\x16" for p in whole), "the ClientHello also left unfragmented"
+    assert len({p.id for p in frags}) == 1 and not any(p.flags.DF for p in frags)
+    offsets = [p.frag * 8 for p in frags]
+    assert offsets == list(range(0, 64 * len(frags), 64)) and [bool(p.flags.MF) for p in frags] == \
+        [True] * (len(frags) - 1) + [False]
+    assert all(len(bytes(p.payload)) == 64 for p in frags[:-1])
+    segment = TCP(b"".join(bytes(p.payload) if p.frag else bytes(p[TCP]) for p in frags))
+    hello = bytes(segment.payload)
+    assert hello[:1] == b"\x16" and ch(hello).sni == (NAME,)
+    assert len(frags) == -(-len(segment) // 64)  # ceil: every byte of the segment in exactly one fragment
+    assert any(f"sent as {len(frags)} IP fragments" in n for n in trace.notes), trace.notes
+
+
+def test_ip_fragments_of_ipv4_and_ipv6_packets_reassemble_to_the_original() -> None:
+    v4 = tcp_packet("10.0.0.1", "10.0.0.2", 40000, 443, 7, 9, bytes(range(256)) * 2)
+    frags = rawtcp.ip_fragments(v4, 100, ident=0x4242)  # rounded down to 96
+    assert [len(f) - 20 for f in frags] == [96] * 5 + [len(v4) - 20 - 480]
+    parsed = [IP(f) for f in frags]
+    assert all(p.id == 0x4242 and not p.flags.DF and p.chksum == IP(bytes(p)).chksum for p in parsed)
+    assert bytes(defragment(parsed)[0])[20:] == v4[20:]
+    v6 = tcp_packet("fd00::1", "fd00::2", 40000, 443, 7, 9, b"x" * 300)
+    frags6 = [IPv6(f) for f in rawtcp.ip_fragments(v6, 128, ident=7)]
+    assert [f[IPv6ExtHdrFragment].offset * 8 for f in frags6] == [0, 128, 256]
+    assert [f[IPv6ExtHdrFragment].m for f in frags6] == [1, 1, 0] and {f[IPv6ExtHdrFragment].id for f in frags6} == {7}
+    whole = defragment6(frags6)
+    assert bytes(whole[TCP]) == v6[40:]
+    with pytest.raises(ValueError):
+        rawtcp.ip_fragments(v4, 7)
+
+
+def test_ip_fragment_plan_and_parameters() -> None:
+    f = flight()
+    plan = build("ip-fragment", {"size": "8"}).plan(f)
+    assert plan.writes == (f.hello,) and plan.fragment_size == 8 and plan.fakes == ()
+    assert build("ip-fragment").plan(f).fragment_size == 64
+    with pytest.raises(StrategyError, match="multiple of 8"):
+        build("ip-fragment", {"size": "20"})
 
 
 # -- probe: target and outcome -----------------------------------------------------------------------------------

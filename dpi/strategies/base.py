@@ -104,7 +104,9 @@ class TcpPlan:
     connection's own sequence numbers; `after`: the same, sent once the first flight has left (the censor has
     decided by then). `tcp_timestamps`: the segments must carry the TCP timestamp option. `drop_rst`: a
     firewall rule on the client drops matching RSTs for this connection only. `idle`: seconds the connection
-    stays silent between the TLS handshake and the request (added to the fetch's deadline).
+    stays silent between the TLS handshake and the request (added to the fetch's deadline). `fragment_size`:
+    the (single) write leaves as IP fragments of that many bytes from a raw socket, the socket only marking
+    it sent; 0: as TCP segments.
     """
 
     writes: tuple[bytes, ...]
@@ -114,6 +116,7 @@ class TcpPlan:
     drop_rst: bytes | None = None  # drop incoming RSTs on this connection carrying these bytes (b"": every RST)
     gap: float = 0.0  # seconds to wait between writes (after each one has left)
     idle: float = 0.0
+    fragment_size: int = 0
     notes: tuple[str, ...] = ()
 
 

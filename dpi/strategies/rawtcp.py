@@ -1,10 +1,11 @@
 """TCP below the socket API: the connection's sequence numbers, per-socket timestamps, crafted segments.
 
 Some strategies need packets a socket cannot produce: a fake data segment with the connection's own sequence
-numbers but a bad checksum or a short TTL (fake-first, T21-3), or timestamps on one socket while the host has
-them off (tcp-timestamps, H-1). Linux's TCP_REPAIR (made for checkpoint/restore, needs CAP_NET_ADMIN) gives
-both without sniffing: in repair mode the socket reports its send/receive sequence numbers and accepts option
-changes, and leaving repair mode without a window probe (TCP_REPAIR_OFF_NO_WP) puts nothing on the wire.
+numbers but a bad checksum or a short TTL (fake-first, T21-3), timestamps on one socket while the host has
+them off (tcp-timestamps, H-1), or the first flight as IP fragments (ip-fragment, T22-5). Linux's TCP_REPAIR
+(made for checkpoint/restore, needs CAP_NET_ADMIN) gives all three without sniffing: in repair mode the socket
+reports its send/receive sequence numbers, accepts option changes, and takes data into its send queue as if it
+had been transmitted; leaving repair mode without a window probe (TCP_REPAIR_OFF_NO_WP) puts nothing on the wire.
 
 `tcp_packet` is pure (it builds bytes; tests check them); the rest are thin syscalls.
 """
@@ -38,6 +39,9 @@ TCP_REPAIR_OFF_NO_WP = -1
 TCPOPT_TIMESTAMP = 8
 TCPI_OPT_TIMESTAMPS = 1
 SIOCOUTQNSD = 0x894B  # linux/sockios.h: bytes in the send queue not sent yet
+IP_NODEFRAG = 22  # linux/in.h: netfilter on this host leaves the raw socket's fragments alone (no reassembly)
+IP_MF = 0x2000
+IPV6_FRAGMENT_HEADER = 44
 
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 
@@ -181,13 +185,75 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, p
     return ip6 + segment
 
 
-def send_raw(packet: bytes) -> None:
-    """Send a whole IP packet (header included) as it is; raises RawTcpError when not allowed."""
-    v6 = packet[0] >> 4 == 6
+def queue_as_sent(sock: socket.socket, data: bytes) -> None:
+    """Put `data` into the socket's send queue as transmitted, without a packet on the wire.
+
+    In repair mode with the send queue selected, the kernel "sends" by advancing snd_nxt only; the bytes wait in
+    the retransmission queue for their ACK like any sent segment. The caller delivers them itself (as IP
+    fragments from a raw socket); the peer's ACK then clears them, and if it never comes TCP retransmits them
+    normally after its timeout.
+    """
+    with _repair(sock):
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        view = memoryview(data)
+        while view:
+            view = view[sock.send(view):]
+
+
+def ip_fragments(packet: bytes, size: int, *, ident: int | None = None) -> list[bytes]:
+    """`packet` (IPv4 or IPv6, no extension headers) cut into IP fragments of `size` payload bytes each.
+
+    `size` is rounded down to a multiple of 8 (fragment offsets count 8-byte units, RFC 791 / RFC 8200 4.5);
+    IPv4 fragments have DF cleared and their own checksums, IPv6 ones carry a Fragment header. A packet that
+    fits in one fragment is still sent as a (single, atomic) fragment, so the receiver sees fragment framing.
+    """
+    size -= size % 8
+    if size < 8:
+        raise ValueError("fragment size must be at least 8 bytes")
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 0x0F) * 4
+        header, body = bytearray(packet[:ihl]), packet[ihl:]
+        if ident is not None:
+            struct.pack_into("!H", header, 4, ident & 0xFFFF)
+        out = []
+        for off in range(0, len(body), size):
+            chunk = body[off:off + size]
+            h = bytearray(header)
+            struct.pack_into("!HHH", h, 2, ihl + len(chunk), struct.unpack_from("!H", h, 4)[0],
+                             (IP_MF if off + size < len(body) else 0) | (off // 8))
+            struct.pack_into("!H", h, 10, 0)
+            struct.pack_into("!H", h, 10, checksum(bytes(h)))
+            out.append(bytes(h) + chunk)
+        return out
+    fixed, body = packet[:40], packet[40:]
+    next_header = fixed[6]
+    ident = int.from_bytes(os.urandom(4), "big") if ident is None else ident
+    out = []
+    for off in range(0, len(body), size):
+        chunk = body[off:off + size]
+        more = 1 if off + size < len(body) else 0
+        frag = struct.pack("!BBHI", next_header, 0, off | more, ident & 0xFFFFFFFF)
+        h = bytearray(fixed)
+        struct.pack_into("!HB", h, 4, len(frag) + len(chunk), IPV6_FRAGMENT_HEADER)
+        out.append(bytes(h) + frag + chunk)
+    return out
+
+
+def send_raw(*packets: bytes) -> None:
+    """Send whole IP packets (header included) as they are, one family per call; raises RawTcpError when not allowed.
+
+    IP_NODEFRAG keeps this host's own connection tracking (if any) from reassembling fragments on their way out.
+    """
+    if not packets:
+        return
+    v6 = packets[0][0] >> 4 == 6
     family = socket.AF_INET6 if v6 else socket.AF_INET
-    dst = socket.inet_ntop(family, packet[24:40] if v6 else packet[16:20])
     try:
         with socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
-            s.sendto(packet, (dst, 0))
+            if not v6:
+                s.setsockopt(socket.IPPROTO_IP, IP_NODEFRAG, 1)
+            for packet in packets:
+                dst = socket.inet_ntop(family, packet[24:40] if v6 else packet[16:20])
+                s.sendto(packet, (dst, 0))
     except PermissionError:
         raise RawTcpError(errno.EPERM, "raw sockets need root (CAP_NET_RAW)") from None

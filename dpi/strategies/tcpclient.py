@@ -126,6 +126,20 @@ def _send_fakes(sock: socket.socket, fakes: tuple[FakeSegment, ...], target: Tar
         trace.notes.append(f"fake {fake.describe()} sent {when}, seq {state.snd_nxt}")
 
 
+def _send_fragmented(sock: socket.socket, data: bytes, size: int, target: Target, trace: Trace) -> None:
+    """`data` as one TCP segment cut into IP fragments, sent from a raw socket; the socket counts it as sent."""
+    state = rawtcp.read_sequence(sock)
+    options = rawtcp.timestamp_option(sock)
+    src, sport = sock.getsockname()[:2]
+    rawtcp.queue_as_sent(sock, data)
+    packet = rawtcp.tcp_packet(src, target.address, sport, target.port, state.snd_nxt, state.rcv_nxt, data,
+                               window=state.window, options=options)
+    fragments = rawtcp.ip_fragments(packet, size)
+    rawtcp.send_raw(*fragments)
+    trace.notes.append(f"first flight of {len(data)} bytes sent as {len(fragments)} IP fragments of "
+                       f"<= {size - size % 8} bytes, seq {state.snd_nxt}")
+
+
 def _write_first_flight(sock: socket.socket, plan: TcpPlan, trace: Trace) -> None:
     for i, data in enumerate(plan.writes):
         sock.sendall(data)
@@ -233,7 +247,10 @@ def _run(sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgo
             trace.notes.append("TCP timestamps forced on this socket (TCP_REPAIR_OPTIONS)")
     if plan.fakes:
         _send_fakes(sock, plan.fakes, target, trace, "before the first flight")
-    _write_first_flight(sock, plan, trace)
+    if plan.fragment_size:
+        _send_fragmented(sock, b"".join(plan.writes), plan.fragment_size, target, trace)
+    else:
+        _write_first_flight(sock, plan, trace)
     trace.first_flight = trace.now()
     if plan.after:
         if not rawtcp.wait_sent(sock):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from dpi.strategies.base import (Flight, FakeSegment, Param, Strategy, StrategyError, TcpPlan, cut, inside_sni,
                                  sni_offset)
@@ -374,9 +374,35 @@ class IdleWait(Strategy):
         return TcpPlan(writes=(flight.hello,), idle=self.idle_seconds())
 
 
+class IpFragment(Strategy):
+    """The ClientHello leaves as IP fragments: a censor that does not reassemble IP never sees it whole.
+
+    Targets T22-5 / T22-E: the TSPU forwards fragments uninspected (and drops packets of more than 45
+    fragments: `size=8` turns a ClientHello into ~70 fragments). The socket writes the ClientHello as if sent
+    (TCP_REPAIR) and a raw socket sends the same segment, with the connection's sequence numbers and TCP
+    options, cut into fragments of `size` bytes; the server reassembles them. A censor that reassembles (the
+    kernel does, in front of profiles with `flows.fragments: reassemble`) still reads the SNI.
+    """
+
+    name = "ip-fragment"
+    transport = "tcp"
+    targets = ("T22-5", "T22-E")
+    params = (Param("size", "64", "payload bytes per fragment, a multiple of 8 (T22-5: > 45 fragments are dropped)",
+                    kind="int", minimum=8, maximum=1400),)
+
+    def __init__(self, args: Mapping[str, str] | None = None) -> None:
+        super().__init__(args)
+        if self.int_arg("size") % 8:
+            raise StrategyError(f"ip-fragment: size={self.args['size']}: must be a multiple of 8 "
+                                "(fragment offsets count 8-byte units)")
+
+    def plan(self, flight: Flight) -> TcpPlan:
+        return TcpPlan(writes=(flight.hello,), fragment_size=self.int_arg("size"))
+
+
 TLS_STRATEGIES: tuple[type[Strategy], ...] = (
     NoStrategy, TcpSegment, TlsRecordFrag, CcsFirst, Padding, FakeFirst, TrailingDot, SniCase, TcpTimestamps,
-    DropRst, TcbTeardown, IdleWait)
+    DropRst, TcbTeardown, IdleWait, IpFragment)
 
 __all__ = ["CCS_RECORD", "EMPTY_HANDSHAKE_RECORD", "TLS_STRATEGIES", "fragment_records", "padding_protocols",
            "records", "sni_offset"]
