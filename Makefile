@@ -11,7 +11,7 @@ PIP        := $(PY) -m pip
 STAMPS     := .build
 APT_PKGS   := python3 python3-venv python3-dev build-essential mininet iptables bridge-utils \
               libnetfilter-queue-dev iperf3 curl openssl tcpdump iputils-ping iproute2 ethtool \
-              dnsmasq-base dnsutils procps psmisc kmod
+              dnsmasq-base dnsutils procps psmisc kmod nftables
 PYTEST_ARGS ?=
 
 .PHONY: all setup system venv build test demo bench reproduce reproduce-quick clean cleanup

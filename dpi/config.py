@@ -27,7 +27,11 @@ class FlowTableConfig:
     max_flows: int = 65536
     idle_timeout: float = 600.0  # T21-6: throttling state released after ~10 min idle
     udp_idle_timeout: float = 60.0  # GQ-1: QUIC flow state lasts 60 s
-    max_fragments: int = 0  # T22-5: IP packets of more than this many fragments are dropped; 0 = no limit
+    # T22-5: "forward" = IP fragments pass one by one, never reassembled for inspection (a ClientHello sent as
+    # fragments is not read); "reassemble" = the censor sees whole IP packets (live: the kernel reassembles in
+    # front of the queue; offline: `redweb classify` does the same before the core).
+    fragments: Literal["reassemble", "forward"] = "reassemble"
+    max_fragments: int = 0  # T22-5: with fragments: forward, packets of more than this many are dropped; 0 = no limit
     # All first-flight buffers together (each flow under reassembly holds 2 x tcp.budget per direction): past it,
     # new flows are released uninspected, as an overloaded censor fails open. Bounds memory under a flood of
     # half-sent requests, which the flow-table size alone does not (65536 flows x 64 KB would be 4 GB).

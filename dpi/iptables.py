@@ -25,6 +25,10 @@ filter chain itself and no mangle chain is needed.
 
 Every rule carries `-m comment --comment redweb`, so `cleanup()` finds what any run added (also a run killed
 with SIGKILL) in both families, and leaves everybody else's rules alone.
+
+A profile whose censor forwards IP fragments uninspected (`flows.fragments: forward`, T22-5) also gets the
+nftables table of `dpi.nodefrag`, which keeps conntrack from reassembling fragments before the queue; it is
+installed, verified and removed with the chains, and `cleanup()` removes it too.
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from typing import Literal
+
+from dpi import nodefrag
 
 CHAIN = "REDWEB"
 COMMENT = "redweb"
@@ -100,6 +106,16 @@ class _Cmd:
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(cmd, 124, "", f"{binary} timed out (xtables lock held?)")
 
+    def nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`nft ARGS` in the namespace (dpi.nodefrag's runner)."""
+        cmd = [*self.prefix(), "nft", *args]
+        try:
+            return subprocess.run(cmd, text=True, capture_output=True, timeout=_RUN_TIMEOUT, input=stdin)
+        except FileNotFoundError as e:
+            return subprocess.CompletedProcess(cmd, 127, "", f"{e.filename}: not found")
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(cmd, 124, "", "nft timed out")
+
     def read(self, path: str) -> str:
         """Read a per-namespace /proc file (as seen from inside the namespace)."""
         if not self.netns:
@@ -124,10 +140,11 @@ class RuleSet:
 
     `queues` is the inclusive range of queue numbers the workers bind; more than one queue uses
     `--queue-balance`, which hashes the address pair, so both directions of a flow reach the same worker.
+    `defragment=False` adds dpi.nodefrag's table: fragments reach the queue as fragments (T22-5).
     """
 
     def __init__(self, queues: tuple[int, int] = (0, 0), *, mode: Mode = "forward", fail_closed: bool = False,
-                 ipv6: bool = True, netns: str | None = None,
+                 ipv6: bool = True, netns: str | None = None, defragment: bool = True,
                  binaries: tuple[str, str] = ("iptables", "ip6tables")) -> None:
         lo, hi = queues
         if not (0 <= lo <= hi <= 65535):
@@ -139,6 +156,7 @@ class RuleSet:
         self.fail_closed = fail_closed
         self.ipv6 = ipv6
         self.binaries = binaries if ipv6 else (binaries[0],)
+        self.defragment = defragment
         self._cmd = _Cmd(netns)
 
     # -- the plan ------------------------------------------------------------------------------------------
@@ -176,6 +194,8 @@ class RuleSet:
         for b in self.binaries:
             out.append(f"{b} -t {TABLE} -N {CHAIN}")
             out += [r.text(b) for r in self.chain_rules() + self.jump_rules()]
+        if not self.defragment:
+            out += ["nft -f - <<EOF", *nodefrag.ruleset(self.ipv6).splitlines(), "EOF"]
         return out
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -189,10 +209,19 @@ class RuleSet:
                 raise SetupError(f"{b} not found: install it (apt-get install iptables)"
                                  + ("" if b == self.binaries[0] else " or run with --no-ipv6"))
         added: list[tuple[str, _Rule | None]] = []  # (binary, jump) or (binary, None) for a created chain
+        nft_added = False
         try:
+            if not self.defragment:  # first: no fragment may be reassembled once packets are queued
+                try:
+                    nodefrag.install(self._cmd.nft, self.ipv6)
+                except nodefrag.NoDefragError as e:
+                    raise SetupError(str(e)) from None
+                nft_added = True
             for b in self.binaries:
                 self._install_family(b, added)
         except BaseException:
+            if nft_added:
+                nodefrag.remove(self._cmd.nft)
             for b, rule in reversed(added):
                 if rule is None:
                     self._cmd.run(b, "-t", TABLE, "-F", CHAIN)
@@ -241,6 +270,8 @@ class RuleSet:
                         break
             self._cmd.run(b, "-t", TABLE, "-F", CHAIN)
             self._cmd.run(b, "-t", TABLE, "-X", CHAIN)
+        if not self.defragment:
+            nodefrag.remove(self._cmd.nft)
 
     def queue_rule_hits(self) -> int:
         """Packets that reached this rule set's NFQUEUE rules so far, all families (-1 if they cannot be read).
@@ -268,6 +299,8 @@ class RuleSet:
             for rule in self.chain_rules() + self.jump_rules():
                 if self._cmd.run(b, "-t", TABLE, "-C", rule.chain, *rule.spec).returncode != 0:
                     missing.append(rule.text(b))
+        if not self.defragment and not nodefrag.present(self._cmd.nft):
+            missing.append(nodefrag.NAME)
         return missing
 
 
@@ -321,8 +354,13 @@ def _scan(cmd: _Cmd) -> list[tuple[str, str, str]]:
 
 
 def stale_rules(netns: str | None = None) -> list[str]:
-    """Every RedWeb rule and chain present now, as `binary -t table <iptables -S line>`."""
-    return [f"{b} -t {t} {line}" for b, t, line in _scan(_Cmd(netns))]
+    """Every RedWeb rule and chain present now, as `binary -t table <iptables -S line>`, and the nftables
+    fragment table (dpi.nodefrag) as `nft table inet redweb`."""
+    cmd = _Cmd(netns)
+    found = [f"{b} -t {t} {line}" for b, t, line in _scan(cmd)]
+    if shutil.which("nft") and nodefrag.present(cmd.nft):
+        found.append(nodefrag.NAME)
+    return found
 
 
 def stale_queues(netns: str | None = None, *, lines: list[str] | None = None) -> set[int]:
@@ -341,7 +379,8 @@ def stale_queues(netns: str | None = None, *, lines: list[str] | None = None) ->
 
 
 def cleanup(netns: str | None = None) -> int:
-    """Remove every RedWeb rule and chain (both families, every back-end in use); return how many were removed.
+    """Remove every RedWeb rule and chain (both families, every back-end in use) and the nftables fragment
+    table; return how many were removed.
 
     Jumps (tagged rules in built-in or foreign chains) go first, then RedWeb's own chains are flushed and
     deleted. Idempotent: a second call returns 0.
@@ -361,7 +400,7 @@ def cleanup(netns: str | None = None) -> int:
             cmd.run(b, "-t", t, "-F", parts[1])
             if cmd.run(b, "-t", t, "-X", parts[1]).returncode == 0:
                 removed += 1 + n_rules
-    return removed
+    return removed + nodefrag.remove(cmd.nft)
 
 
 def parse_queues(text: str) -> tuple[int, int]:

@@ -224,6 +224,13 @@ def _load_engine(args: argparse.Namespace, inside: tuple) -> EngineFactory:
     return factory
 
 
+def _defragments(factory: Any) -> bool:
+    """Whether the kernel may reassemble IP fragments in front of this censor (flows.fragments, T22-5); a
+    censor without a profile (the tests' plumbing) leaves the kernel as it is."""
+    profile = getattr(factory, "profile", None)
+    return getattr(getattr(profile, "flows", None), "fragments", "reassemble") != "forward"
+
+
 def _summary(counters: dict[int, dict[str, int]], seconds: float) -> list[str]:
     tot: dict[str, int] = {}
     for c in counters.values():
@@ -338,6 +345,11 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
         _check_writable(args.log, "log file")
         _check_writable(args.pcap, "pcap file")
         factory = censor_factory if censor_factory is not None else _load_engine(args, inside)
+        defragment = _defragments(factory)
+        if not defragment and shutil.which("nft") is None:
+            raise _Preflight(f"nft not found: install nftables (apt-get install nftables): profile {args.profile} "
+                             "forwards IP fragments uninspected (flows.fragments: forward, T22-5), which needs an "
+                             "nftables chain ahead of the kernel's reassembly")
         stale = iptables.stale_rules()
         live = iptables.stale_queues(lines=stale) & set(holders)
         if stale and live:
@@ -358,7 +370,7 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
         _say(f"found {len(stale)} stale RedWeb rules/chains from an earlier run; removing them first")
         iptables.cleanup()
     rules = RuleSet(queues, mode="local" if args.local else "forward", fail_closed=args.fail_closed,
-                    ipv6=not args.no_ipv6)
+                    ipv6=not args.no_ipv6, defragment=defragment)
     if args.pcap:
         write_pcap_header(args.pcap)
     pool = WorkerPool(queues, factory, fail_closed=args.fail_closed, log_path=args.log, pcap_path=args.pcap,

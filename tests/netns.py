@@ -33,11 +33,14 @@ class Host:
         return subprocess.run(self.cmd(args), check=check, text=True, capture_output=True, timeout=timeout)
 
     def redweb_rules(self) -> list[str]:
-        """Every iptables/ip6tables rule or chain in this namespace that RedWeb owns, as `iptables -S` prints it."""
+        """Every iptables/ip6tables rule or chain in this namespace that RedWeb owns, as `iptables -S` prints it,
+        and RedWeb's nftables table (dpi.nodefrag) as `nft table inet redweb`."""
         out = []
         for b in ("iptables", "ip6tables"):
             out += [f"{b} {line}" for line in self.run([b, "-S"]).stdout.splitlines()
                     if "redweb" in line or "REDWEB" in line]
+        tables = self.run(["nft", "list", "tables"], check=False).stdout.splitlines()
+        out += [f"nft {line.strip()}" for line in tables if line.split()[-1:] == ["redweb"]]
         return out
 
     def popen(self, args: list[str] | str, **kw) -> subprocess.Popen:

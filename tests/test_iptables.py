@@ -160,6 +160,38 @@ def test_failed_ipv6_install_rolls_back_ipv4(ns: str) -> None:
     assert rules_of(ns) == []
 
 
+def nft_tables(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], text=True, capture_output=True).stdout
+    return out.splitlines()
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="needs nft (nftables)")
+def test_fragment_table_installed_verified_removed_and_cleaned_up_T22_5(ns: str) -> None:
+    """defragment=False (flows.fragments: forward) adds dpi.nodefrag's table ahead of nf_defrag, with the chains."""
+    rs = RuleSet((0, 0), netns=ns, defragment=False)
+    rs.install()
+    listing = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "redweb"], text=True,
+                             capture_output=True).stdout
+    assert "hook prerouting priority -450" in listing  # before nf_defrag (-400)
+    assert "ip frag-off & 0x3fff != 0 notrack" in listing.replace("16383", "0x3fff")
+    assert "exthdr frag exists notrack" in listing
+    assert rs.verify() == [] and "nft table inet redweb" in iptables.stale_rules(ns)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "redweb"], check=True)
+    assert rs.verify() == ["nft table inet redweb"]
+    rs.remove()
+    assert iptables.stale_rules(ns) == [] and "table inet redweb" not in nft_tables(ns)
+    # A second install over a table a killed run left fails with the fix and keeps it; cleanup removes it.
+    RuleSet((0, 0), netns=ns, defragment=False, ipv6=False).install()
+    with pytest.raises(SetupError, match="redweb cleanup"):
+        RuleSet((0, 0), netns=ns, defragment=False).install()
+    assert "table inet redweb" in nft_tables(ns)
+    assert iptables.cleanup(ns) == 1 + 8 + 1 + 1  # the IPv4 chain, its rules, the jump, the table
+    assert "table inet redweb" not in nft_tables(ns) and iptables.stale_rules(ns) == []
+    # A profile that reassembles never creates the table.
+    RuleSet((0, 0), netns=ns).install()
+    assert "table inet redweb" not in nft_tables(ns)
+
+
 def test_parse_queues_and_networks() -> None:
     assert parse_queues("0") == (0, 0)
     assert parse_queues("2-5") == (2, 5)

@@ -242,6 +242,30 @@ def test_sigkill_leaves_rules_that_the_next_run_and_cleanup_remove(lab: Lab) -> 
     assert r.returncode == 0 and "no RedWeb rules" in r.stdout
 
 
+def test_fragment_table_lives_and_dies_with_the_run_T22_5(lab: Lab) -> None:
+    """tspu-2022 forwards fragments uninspected (flows.fragments: forward): its run adds the nftables table that
+    keeps conntrack from reassembling them, and every way out removes it like the iptables rules."""
+    live = Live(lab.router, "--queues", "0", profile="tspu-2022", module="dpi.cli")
+    rules = lab.redweb_rules()
+    assert "nft table inet redweb" in rules and len(rules) == 21
+    assert "notrack" in lab.router.run(["nft", "list", "table", "inet", "redweb"]).stdout
+    assert live.finish()[0] == 0 and lab.redweb_rules() == []  # SIGTERM
+
+    assert Live(lab.router, "--queues", "0", profile="tspu-2022", module="dpi.cli").finish(signal.SIGKILL)[0] == -9
+    assert lab.redweb_rules() == rules  # a killed run leaves its table with its rules
+    again = Live(lab.router, "--queues", "0", profile="tspu-2022", module="dpi.cli")
+    assert "found 21 stale RedWeb rules" in again.first and lab.redweb_rules() == rules
+    lab.router.run(["nft", "delete", "table", "inet", "redweb"])  # by hand, behind the censor's back
+    assert again.finish(signal.SIGKILL)[0] == -9
+
+    r = lab.router.run([PY, "-m", "dpi.run", "cleanup"], check=False)
+    assert r.returncode == 0 and "removed 20" in r.stdout and lab.redweb_rules() == []
+    # a profile that reassembles (the default) never adds the table
+    plain = Live(lab.router, "--queues", "0", profile="gfw", module="dpi.cli")
+    assert not any(r.startswith("nft") for r in lab.redweb_rules())
+    assert plain.finish()[0] == 0
+
+
 def test_queue_already_bound_is_a_one_line_preflight_error(lab: Lab) -> None:
     holder = lab.router.popen([PY, "-c", "from netfilterqueue import NetfilterQueue as Q; import sys, time; "
                                "q = Q(); q.bind(3, lambda p: p.accept()); print('bound', flush=True); time.sleep(60)"],

@@ -22,8 +22,9 @@ Lab facts that shape the checks (not missing features):
 - Waiting out the 10-minute idle timeout (T21-6, T21-E) runs against tspu-2021 with only its idle timeout
   scaled down to 3 s (a profile that includes the bundled one); the injected RST / FIN of T21-E goes out with a
   wrong checksum, so it reaches the censor and not the server.
-- IP fragmentation (T22-E) is not a strategy of `redweb probe` and is not checked here: connection tracking in
-  the router reassembles IP fragments before NFQUEUE (PLATFORM.md), so a lab censor cannot see fragments.
+- IP fragmentation (T22-5, T22-E) runs live: tspu-2022 has `flows.fragments: forward`, so `redweb run` keeps the
+  router's connection tracking from reassembling fragments in front of the queue (dpi.nodefrag); gfw keeps the
+  default `reassemble`, and the same fragmented ClientHello is read and reset.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -58,6 +60,33 @@ BIG = 1_000_000
 POLICER_KBPS = 140  # rules/tspu-2021.yaml (T21-4)
 LINK_KBPS = 10 * POLICER_KBPS  # "at link speed": the lab's unthrottled path runs far above this
 INSIDE = ("--inside", "10.9.1.0/24", "--inside", "fd09:1::/64")
+
+
+UDP_PORT = 9999  # not 443: the QUIC rules (T22-4) leave it alone
+UDP_SINK = f"""
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", {UDP_PORT}))
+print("ready", flush=True)
+while True:
+    print(len(s.recvfrom(65535)[0]), flush=True)
+"""
+# argv: family, then fragment counts. A datagram of n fragments of 8 bytes has 8 * n - 8 bytes of payload.
+FRAGMENT_SENDER = f"""
+import sys, time
+from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
+from dpi.strategies.rawtcp import ip_fragments, send_raw
+v6 = sys.argv[1] == "6"
+for n in map(int, sys.argv[2:]):
+    l3 = IPv6(src="{Path3.CLIENT_V6}", dst="{Path3.SERVER_V6}") if v6 else IP(src="{Path3.CLIENT_V4}", dst="{Path3.SERVER_V4}")
+    packet = bytes(l3 / UDP(sport=40000 + n, dport={UDP_PORT}) / (b"f" * (8 * n - 8)))
+    fragments = ip_fragments(packet, 8, ident=0x5200 + n)  # one IP ID per datagram, as a real stack sends
+    assert len(fragments) == n, (n, len(fragments))
+    send_raw(*fragments)
+    time.sleep(0.1)
+"""
 
 
 def _labca() -> ModuleType:
@@ -94,6 +123,20 @@ class Lab:
         result = json.loads(r.stdout)
         assert (result["outcome"] == "ok") == (r.returncode == 0)
         return result
+
+    def fragmented_datagrams(self, fragments: list[int], *, v6: bool = False) -> list[int]:
+        """Send one UDP datagram per entry, each built to leave the client as exactly that many IP fragments of
+        8 bytes (raw socket); return the payload sizes the server's socket received (reassembled by its stack)."""
+        sink = self.server.popen([PY, "-c", UDP_SINK], text=True)
+        try:
+            assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+            r = self.client.run([PY, "-c", FRAGMENT_SENDER, "6" if v6 else "4", *map(str, fragments)], timeout=30)
+            assert r.returncode == 0, r.stderr
+            time.sleep(0.5)  # the last datagram crosses the censor
+        finally:
+            sink.terminate()
+        out, _ = sink.communicate(timeout=10)
+        return [int(n) for n in out.split()]
 
     def helper(self, *args: str) -> subprocess.Popen[str]:
         """`python -m dpi.probe server-side ...` in the server namespace, once it says it is ready."""
@@ -166,6 +209,7 @@ def censor(request: pytest.FixtureRequest, lab: Lab) -> Iterator[Censor]:
         lab.client.run("sysctl -qw net.ipv4.tcp_timestamps=1")
         lab.router.run([PY, "-m", "dpi.cli", "cleanup"], check=False)
         assert "REDWEB" not in lab.router.run(["iptables", "-S"]).stdout
+        assert "redweb" not in lab.router.run(["nft", "list", "tables"]).stdout
     assert rc == 0, err
 
 
@@ -268,6 +312,14 @@ class TestGfw:
         assert r["outcome"] == "reset", r
         assert censor.fired(r, "rst")["rule"] == "sni-reset"
 
+    def test_ip_fragmentation_does_not_evade_a_censor_that_reassembles(self, lab: Lab, censor: Censor) -> None:
+        """gfw keeps `flows.fragments: reassemble`: the kernel puts the ClientHello's fragments back together
+        in front of the queue, so the censor reads the SNI (the contrast to T22-5 below)."""
+        r = lab.probe("ip-fragment")
+        assert r["outcome"] == "reset" and any("IP fragments" in n for n in r["notes"]), r
+        assert censor.fired(r, "rst")["names"]["sni"] == [BLOCKED]
+        assert lab.fragmented_datagrams([46, 60]) == [8 * 45, 8 * 59]  # and no fragment limit applies
+
     def test_G_E_must_not_evade_tcp_segmentation(self, lab: Lab, censor: Censor) -> None:
         r = lab.probe("tcp-segment", port=9443)
         assert r["outcome"] == "reset", r
@@ -352,6 +404,19 @@ class TestTspu2022:
         r = lab.probe(strategy, *args)
         ok_at_link_speed(r)
         evaded(censor, r)
+
+    @pytest.mark.parametrize("v6", [False, True])
+    def test_T22_E_must_evade_ip_fragmentation_T22_5(self, lab: Lab, censor: Censor, v6: bool) -> None:
+        """T22-5: fragments are forwarded uninspected, so a ClientHello sent as IP fragments is never read."""
+        r = lab.probe("ip-fragment", v6=v6)
+        ok_at_link_speed(r)
+        evaded(censor, r)
+        assert any("IP fragments" in n for n in r["notes"]), r
+
+    @pytest.mark.parametrize("v6", [False, True])
+    def test_T22_5_packets_of_more_than_45_fragments_are_dropped(self, lab: Lab, censor: Censor, v6: bool) -> None:
+        """45 fragments reach the server and are reassembled there; 46 or more never arrive whole."""
+        assert lab.fragmented_datagrams([2, 45, 46, 60], v6=v6) == [8, 8 * 44]
 
     def test_T22_E_ccs_record_first_is_not_blocked_the_server_alert_arrives(self, lab: Lab, censor: Censor) -> None:
         """Were the flow blocked (T22-2 drops everything after the ClientHello), the alert could not arrive."""

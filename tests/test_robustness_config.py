@@ -88,6 +88,8 @@ CASES: list[Case] = [
     Case("kernel without NFQUEUE", ["--profile", "gfw"], "no nfnetlink_queue", wrap="no-nfqueue"),
     Case("`iptables` not installed", ["--profile", "gfw"], "iptables not found", wrap="no-iptables"),
     Case("`ip6tables` not installed", ["--profile", "gfw"], "or run with --no-ipv6", wrap="no-ip6tables"),
+    Case("`nft` not installed, profile forwards fragments (T22-5)", ["--profile", "tspu-2022"],
+         "nft not found: install nftables", wrap="no-nft"),
     Case("Python package NetfilterQueue missing", ["--profile", "gfw"], "NetfilterQueue is missing",
          wrap="no-nfq-pkg"),
 ]
@@ -109,6 +111,7 @@ class Namespace:
         for b in ("iptables", "ip6tables"):
             for t in ("filter", "mangle", "raw", "nat"):
                 out.append(self.exec([b, "-t", t, "-S"]).stdout)
+        out.append(self.exec(["nft", "list", "ruleset"]).stdout)
         out.append(self.exec(["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout)
         return "".join(out)
 
@@ -125,10 +128,11 @@ def command(case: Case, d: Path, port: int) -> tuple[list[str], dict[str, str]]:
     elif case.wrap == "no-nfqueue":
         # a kernel without nfnetlink_queue: /proc hidden (an empty tmpfs) in a private mount namespace
         cmd = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /proc && exec "$@"', "sh", *cmd]
-    elif case.wrap in ("no-iptables", "no-ip6tables"):
+    elif case.wrap in ("no-iptables", "no-ip6tables", "no-nft"):
         bindir = d / "bin"
         bindir.mkdir(exist_ok=True)
-        for tool in ("ip", "modprobe", "setpriv") + (("iptables",) if case.wrap == "no-ip6tables" else ()):
+        present = {"no-iptables": (), "no-ip6tables": ("iptables",), "no-nft": ("iptables", "ip6tables")}[case.wrap]
+        for tool in ("ip", "modprobe", "setpriv", *present):
             if shutil.which(tool):
                 os.symlink(shutil.which(tool), bindir / tool)  # type: ignore[arg-type]
         env["PATH"] = str(bindir)
@@ -187,7 +191,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case: Case, ns: Namesp
     assert ns.state() == before  # no rule, no chain, no bound queue
     assert not Path("/nonexistent").exists() and not Path("/proc/redweb.pcap").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        set(case.files) | ({"bin"} if case.wrap.startswith("no-ip") else set())
+        set(case.files) | ({"bin"} if case.wrap in ("no-iptables", "no-ip6tables", "no-nft") else set())
         | ({"stub"} if case.wrap == "no-nfq-pkg" else set()))  # nothing written next to the inputs
 
 
