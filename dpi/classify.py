@@ -1,7 +1,7 @@
 """Offline classifier: replay a capture through the censor and report one decision per flow.
 
 It runs the very same `Censor` as the live NFQUEUE censor (same core, same rules, timestamps from the capture),
-so what `redweb classify` prints is what `redweb run` would have done to that traffic.
+so what `redweb classify` prints is what `redweb run` would have done to that traffic, IP fragments included.
 """
 from __future__ import annotations
 
@@ -11,14 +11,26 @@ from pathlib import Path
 from typing import TextIO
 
 from dpi.config import Profile
+from dpi.defrag import reassemble_capture
 from dpi.engine import Censor, FlowRecord
 from dpi.pcap import read_header
 
 
 def classify_bytes(data: bytes, profile: Profile, *, seed: int | None = None, name: str = "capture") -> list[FlowRecord]:
+    """One record per flow of the capture `data`.
+
+    A profile that reassembles IP fragments (`flows.fragments: reassemble`, as the kernel does in front of the
+    live censor) gets the capture with its fragments reassembled (dpi.defrag); that costs a second pass, taken
+    only when the first one met fragments.
+    """
     hdr = read_header(data, name)
     censor = Censor(profile, seed=seed, record=True)
     censor.core.process_pcap(data, hdr.linktype, hdr.offset, hdr.nanosecond, hdr.swapped)
+    if profile.flows.fragments == "reassemble" and censor.core.n_fragments:
+        data = reassemble_capture(data, name)
+        hdr = read_header(data, name)
+        censor = Censor(profile, seed=seed, record=True)
+        censor.core.process_pcap(data, hdr.linktype, hdr.offset, hdr.nanosecond, hdr.swapped)
     assert censor.records is not None
     return sorted(censor.records.values(), key=lambda r: (r.first_ts, r.flow_id))
 
