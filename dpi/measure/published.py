@@ -74,6 +74,7 @@ EXPECTATIONS: tuple[Expectation, ...] = (
     # TSPU-2022 (T22-E)
     Expectation("tspu-2022", "tcp-segment", (), "tls", True, "T22-E", "TCP segmentation of the ClientHello"),
     Expectation("tspu-2022", "padding", (), "tls", True, "T22-E", "TLS padding"),
+    Expectation("tspu-2022", "ip-fragment", (), "tls", True, "T22-5, T22-E", "IP fragmentation of the ClientHello"),
     Expectation("tspu-2022", "ccs-first", ("record=empty-handshake",), "tls", True, "T22-E",
                 "a TLS record before the ClientHello"),
     Expectation("tspu-2022", "server-window", (), "tls", True, "T22-E", "server-side TCP window shrinking"),
@@ -96,11 +97,9 @@ EXPECTATIONS: tuple[Expectation, ...] = (
     Expectation("gfw-quic", "quic-crypto-split", (), "quic", True, "GQ-3, GQ-E", "SNI split across CRYPTO frames"),
 )
 
-# Published lines that no `redweb probe` client strategy carries out in the lab, and why.
-NOT_RUN: tuple[tuple[str, str, str, str], ...] = (
-    ("tspu-2022", "T22-5, T22-E", "IP fragmentation of the ClientHello",
-     "conntrack in the censor's namespace reassembles fragments before NFQUEUE (PLATFORM.md)"),
-)
+# Published lines that no `redweb probe` client strategy carries out in the lab, and why (none left: the last
+# one, T22-5's IP fragmentation, runs since dpi.nodefrag keeps conntrack from reassembling in front of the queue).
+NOT_RUN: tuple[tuple[str, str, str, str], ...] = ()
 
 BLOCKING_OUTCOMES = frozenset({"reset", "timeout", "throttled"})
 
