@@ -14,7 +14,8 @@ each of them), and the core counts and forwards them uninspected, dropping packe
 missing nftables `queue` statement (PLATFORM.md) does not matter here.
 
 Installed by `dpi.iptables.RuleSet` for profiles with `flows.fragments: forward`; one table per namespace,
-`inet redweb`, removed with the run's rules and by `redweb cleanup`.
+`inet redweb`, removed with the run's rules and by `redweb cleanup`. Untracked fragments also bypass NAT on
+this box, so such a profile belongs on a router that does not NAT the censored traffic.
 """
 from __future__ import annotations
 
