@@ -5,7 +5,8 @@ the xtables `NFQUEUE` target through `iptables`/`ip6tables` (iptables-nft with x
 
 Everything RedWeb adds lives in one chain per family, `REDWEB` in the filter table, reached by one jump from
 FORWARD (an inline router, the default) or from INPUT and OUTPUT (`local` mode: the censor runs on the client's
-host). The chain implements the fast path that keeps decided flows out of user space (DESIGN.md, "Performance
+host); with `interfaces`, by one jump per interface and direction instead, so only traffic crossing those links
+is censored (a DPI box sits on one link of a router, not on all of them). The chain implements the fast path that keeps decided flows out of user space (DESIGN.md, "Performance
 design"):
 
 0. packets of decided connections are accepted/dropped by the connmark, first, so the bulk of the traffic
@@ -141,10 +142,12 @@ class RuleSet:
     `queues` is the inclusive range of queue numbers the workers bind; more than one queue uses
     `--queue-balance`, which hashes the address pair, so both directions of a flow reach the same worker.
     `defragment=False` adds dpi.nodefrag's table: fragments reach the queue as fragments (T22-5).
+    `interfaces`: censor only packets entering or leaving through these (iptables names: `eth+` is a wildcard).
     """
 
     def __init__(self, queues: tuple[int, int] = (0, 0), *, mode: Mode = "forward", fail_closed: bool = False,
                  ipv6: bool = True, netns: str | None = None, defragment: bool = True,
+                 interfaces: tuple[str, ...] = (),
                  binaries: tuple[str, str] = ("iptables", "ip6tables")) -> None:
         lo, hi = queues
         if not (0 <= lo <= hi <= 65535):
@@ -157,6 +160,7 @@ class RuleSet:
         self.ipv6 = ipv6
         self.binaries = binaries if ipv6 else (binaries[0],)
         self.defragment = defragment
+        self.interfaces = tuple(interfaces)
         self._cmd = _Cmd(netns)
 
     # -- the plan ------------------------------------------------------------------------------------------
@@ -182,6 +186,11 @@ class RuleSet:
         return [_Rule(CHAIN, s) for s in specs]
 
     def jump_rules(self) -> list[_Rule]:
+        if self.interfaces:
+            # Both directions of a flow cross the interface, one as -i and one as -o, so flows stay whole.
+            ins, outs = ("FORWARD", "FORWARD") if self.mode == "forward" else ("INPUT", "OUTPUT")
+            return [_Rule(chain, _tag(flag, iface, "-j", CHAIN), insert=True)
+                    for iface in self.interfaces for chain, flag in ((ins, "-i"), (outs, "-o"))]
         if self.mode == "forward":
             return [_Rule("FORWARD", _tag("-j", CHAIN), insert=True)]
         # Local mode: loopback stays uncensored (the metrics endpoint, local services talking to themselves).
@@ -413,6 +422,26 @@ def parse_queues(text: str) -> tuple[int, int]:
     if hi > 65535 or lo > hi:
         raise ValueError(f"bad queue range {text!r}: need 0 <= A <= B <= 65535")
     return lo, hi
+
+
+_IFNAMSIZ = 16  # linux/if.h, with the terminating NUL
+
+
+def parse_interface(text: str) -> str:
+    """An --interface name that exists here (`eth+`: any interface whose name starts with eth); ValueError names
+    the fix. Looked up in the current network namespace (if_nameindex), which /sys may not reflect."""
+    import socket
+    name = text.strip()
+    base = name[:-1] if name.endswith("+") else name
+    if not name or len(name) >= _IFNAMSIZ or name in (".", "..") or any(c in name for c in "/: \t") \
+            or "+" in base:
+        raise ValueError(f"{text!r} is not an interface name: up to 15 characters, no '/', ':' or spaces "
+                         "(a trailing + matches every name that starts with the rest, e.g. eth+)")
+    here = [n for _i, n in socket.if_nameindex()]
+    if not any(n == name or (name.endswith("+") and n.startswith(base)) for n in here):
+        raise ValueError(f"no interface {name!r} here (this host has {', '.join(sorted(here))}): "
+                         "`ip link` lists them")
+    return name
 
 
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:

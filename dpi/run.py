@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from dpi import iptables
 from dpi.eventlog import EventLog, write_pcap_header
-from dpi.iptables import RuleSet, SetupError, parse_network, parse_queues
+from dpi.iptables import RuleSet, SetupError, parse_interface, parse_network, parse_queues
 from dpi.metrics import MetricsServer, parse_address, split_rule_counter
 from dpi.nfqueue import DEFAULT_QUEUE_MAXLEN, CensorFactory, WorkerPool
 from dpi.queueinfo import (QueueBusy, QueueError, QueueStats, busy_message, nfqueue_available, queue_holders,
@@ -108,6 +108,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pcap", metavar="FILE", help="write the packets of censored flows (LINKTYPE_RAW pcap)")
     p.add_argument("--local", action="store_true",
                    help="censor this host's own traffic (INPUT/OUTPUT) instead of forwarded traffic")
+    p.add_argument("--interface", action="append", default=[], metavar="IFACE",
+                   help="censor only traffic entering or leaving through IFACE (repeatable; eth+ matches every "
+                        "name starting with eth); default: every interface")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--queue-bypass", dest="fail_closed", action="store_false", default=False,
                       help="if no worker listens or its queue is full, the kernel lets packets through "
@@ -333,6 +336,7 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
     try:
         queues = parse_queues(args.queues)
         inside = tuple(parse_network(c) for c in args.inside)
+        interfaces = tuple(dict.fromkeys(parse_interface(i) for i in getattr(args, "interface", [])))
         metrics_addr = parse_address(args.metrics) if args.metrics else None
         _check_system(not args.no_ipv6)
         reason = nfqueue_available()
@@ -370,7 +374,7 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
         _say(f"found {len(stale)} stale RedWeb rules/chains from an earlier run; removing them first")
         iptables.cleanup()
     rules = RuleSet(queues, mode="local" if args.local else "forward", fail_closed=args.fail_closed,
-                    ipv6=not args.no_ipv6, defragment=defragment)
+                    ipv6=not args.no_ipv6, defragment=defragment, interfaces=interfaces)
     if args.pcap:
         write_pcap_header(args.pcap)
     pool = WorkerPool(queues, factory, fail_closed=args.fail_closed, log_path=args.log, pcap_path=args.pcap,
@@ -420,6 +424,8 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
                  f"{'fail-closed' if args.fail_closed else 'fail-open'})"]
         if inside:
             parts.append("inside " + ",".join(map(str, inside)))
+        if interfaces:
+            parts.append("on " + ",".join(interfaces))
         if metrics is not None:
             host, port = metrics.address
             parts.append(f"metrics http://{'[' + host + ']' if ':' in host else host}:{port}/metrics")
@@ -428,7 +434,7 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
         _say("; ".join(parts) + "; Ctrl-C stops and removes the rules")
         log.write({"event": "start", "time": time.time(), "profile": args.profile, "queues": list(queues),
                    "mode": "local" if args.local else "forward", "fail_closed": args.fail_closed,
-                   "inside": [str(n) for n in inside], "pid": os.getpid()})
+                   "inside": [str(n) for n in inside], "interfaces": list(interfaces), "pid": os.getpid()})
         next_verify = time.monotonic() + verify_interval
         reported_missing: list[str] = []
         checks = 0

@@ -90,6 +90,33 @@ def test_local_mode_jumps_from_input_and_output_not_forward(ns: str) -> None:
     assert rules_of(ns) == []
 
 
+def test_interfaces_jump_in_and_out_per_link_and_go_away_with_the_rest(ns: str) -> None:
+    rs = RuleSet((0, 0), netns=ns, interfaces=("eth0", "wg+"))
+    rs.install()
+    for binary in ("iptables", "ip6tables"):
+        jumps = [line for line in rules_of(ns, binary) if line.startswith("-A FORWARD")]
+        assert sorted(jumps) == sorted(f"-A FORWARD {flag} {i} -m comment --comment redweb -j {CHAIN}"
+                                       for i in ("eth0", "wg+") for flag in ("-i", "-o"))
+    assert rs.verify() == []
+    rs.remove()
+    assert rules_of(ns) == [] and rules_of(ns, "ip6tables") == []
+    local = RuleSet((0, 0), mode="local", netns=ns, interfaces=("eth0",), ipv6=False)
+    local.install()
+    assert [line for line in rules_of(ns) if not line.startswith(f"-A {CHAIN}") and line != f"-N {CHAIN}"] == [
+        f"-A INPUT -i eth0 -m comment --comment redweb -j {CHAIN}",
+        f"-A OUTPUT -o eth0 -m comment --comment redweb -j {CHAIN}"]
+    assert iptables.cleanup(ns) == 1 + 8 + 2 and rules_of(ns) == []
+
+
+def test_parse_interface_checks_the_name_and_that_it_exists_here() -> None:
+    assert iptables.parse_interface("lo") == "lo" and iptables.parse_interface("l+") == "l+"
+    for bad, message in (("nosuch0", "no interface 'nosuch0' here"), ("a/b", "not an interface name"),
+                         ("x" * 16, "not an interface name"), ("", "not an interface name"),
+                         ("e+th", "not an interface name")):
+        with pytest.raises(ValueError, match=message):
+            iptables.parse_interface(bad)
+
+
 def test_no_ipv6_touches_only_iptables(ns: str) -> None:
     rs = RuleSet((0, 0), ipv6=False, netns=ns)
     rs.install()

@@ -266,6 +266,34 @@ def test_fragment_table_lives_and_dies_with_the_run_T22_5(lab: Lab) -> None:
     assert plain.finish()[0] == 0
 
 
+def test_interface_limits_the_censor_to_traffic_crossing_that_link(lab: Lab) -> None:
+    """--interface: only packets entering or leaving through the named link reach the chain (both directions
+    of a flow cross it, so flows stay whole); traffic on other links is never seen."""
+    client_side = lab.path.router_ifs[0]
+    live = Live(lab.router, "--queues", "0", "--interface", client_side)
+    try:
+        assert f"on {client_side}" in live.first
+        jumps = [r for r in lab.redweb_rules() if "-A FORWARD" in r]
+        assert sorted(j.split(" -A FORWARD ")[1].split(" -m comment")[0] for j in jumps) == sorted(
+            [f"-i {client_side}", f"-o {client_side}"] * 2)  # in and out, both families
+        assert lab.curl(f"{V4}/small", host="blocked.test", max_time=1)[0] == 28
+        assert lab.curl(f"{V4}/small") == (0, "200 6")
+    finally:
+        assert live.finish()[0] == 0
+    assert lab.redweb_rules() == []
+    wildcard = Live(lab.router, "--queues", "0", "--interface", lab.path.prefix + "r+")
+    try:
+        assert lab.curl(f"{V6}/small", host="blocked.test", max_time=1)[0] == 28
+    finally:
+        assert wildcard.finish()[0] == 0
+    other = Live(lab.router, "--queues", "0", "--interface", "lo")  # a link this traffic never crosses
+    try:
+        assert lab.curl(f"{V4}/small", host="blocked.test") == (0, "200 6")
+    finally:
+        assert other.finish()[0] == 0
+    assert lab.redweb_rules() == []
+
+
 def test_queue_already_bound_is_a_one_line_preflight_error(lab: Lab) -> None:
     holder = lab.router.popen([PY, "-c", "from netfilterqueue import NetfilterQueue as Q; import sys, time; "
                                "q = Q(); q.bind(3, lambda p: p.accept()); print('bound', flush=True); time.sleep(60)"],

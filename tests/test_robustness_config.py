@@ -68,6 +68,8 @@ CASES: list[Case] = [
     Case("`--inside 10.0.0.0/33`", ["--profile", "gfw", "--inside", "10.0.0.0/33"], "bad CIDR"),
     Case("`--inside 10.1.2.3/8`", ["--profile", "gfw", "--inside", "10.1.2.3/8"], "did you mean 10.0.0.0/8"),
     Case("`--inside nonsense`", ["--profile", "gfw", "--inside", "nonsense"], "bad CIDR"),
+    Case("`--interface nosuch0`", ["--profile", "gfw", "--interface", "nosuch0"], "no interface 'nosuch0' here"),
+    Case("`--interface a/b`", ["--profile", "gfw", "--interface", "a/b"], "is not an interface name"),
     Case("`--metrics localhost`", ["--profile", "gfw", "--metrics", "localhost"], "bad metrics address"),
     Case("`--metrics 127.0.0.1:99999`", ["--profile", "gfw", "--metrics", "127.0.0.1:99999"], "bad metrics address"),
     Case("`--metrics` on a port in use", ["--profile", "gfw", "--metrics", "127.0.0.1:{port}"],
