@@ -218,6 +218,16 @@ def ok_at_link_speed(r: dict) -> None:
     assert r["body_bytes"] >= BIG and r["goodput_kbps"] > LINK_KBPS, r
 
 
+def held_back(censor: Censor, r: dict) -> None:
+    """T21-4: the policer held this fetch back. Most fetches end `throttled` (body bytes arriving slowly when
+    the time runs out); against the 16 KB bucket TCP sometimes loses a whole window and its retransmission
+    backoff leaves the link silent for over a second just as the time runs out, which the probe reports as a
+    `timeout` that stalled after some body bytes. Either way: not the whole body, and the throttle fired."""
+    assert r["outcome"] in ("throttled", "timeout") and 0 < r["body_bytes"] < BIG, r
+    assert r["outcome"] == "timeout" or r["goodput_kbps"] < LINK_KBPS, r
+    assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+
+
 def evaded(censor: Censor, r: dict) -> None:
     """The censor took no action on this connection (no rule, no residual)."""
     assert censor.events(r) == [], censor.events(r)
@@ -231,9 +241,8 @@ class TestTspu2021:
 
     def test_baseline_blocked_name_throttled_allowed_name_at_link_speed(self, lab: Lab, censor: Censor) -> None:
         r = lab.probe("none")
-        assert r["outcome"] == "throttled" and r["http_status"] == 200, r
-        assert r["goodput_kbps"] < 1000 and r["body_bytes"] < BIG, r
-        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+        assert r["http_status"] == 200, r
+        held_back(censor, r)
         ok_at_link_speed(lab.probe("none", name=ALLOWED))
 
     @pytest.mark.parametrize("strategy,args", [
@@ -256,26 +265,21 @@ class TestTspu2021:
 
     def test_T21_E_must_not_evade_a_single_fake_clienthello(self, lab: Lab, censor: Censor) -> None:
         """T21-3: a non-matching ClientHello first keeps the flow under inspection; the real one is caught."""
-        r = lab.probe("fake-first", "kind=decoy", f"decoy={ALLOWED}")
-        assert r["outcome"] == "throttled", r
-        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+        held_back(censor, lab.probe("fake-first", "kind=decoy", f"decoy={ALLOWED}"))
 
     @pytest.mark.parametrize("args", [("flags=rst",), ("flags=fin",), ("flags=rst-ack", "when=before")])
     def test_T21_E_must_not_evade_an_injected_rst_or_fin(self, lab: Lab, censor: Censor, args: tuple[str, ...]
                                                          ) -> None:
         """T21-6: the throttling state survives a RST or FIN the censor sees (and the server never gets)."""
         r = lab.probe("tcb-teardown", *args)
-        assert r["outcome"] == "throttled", r
         assert any("sent after" in n or "sent before" in n for n in r["notes"]), r  # it did go out
-        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+        held_back(censor, r)
 
     def test_T21_E_over_ipv6_random_fake_evades_decoy_does_not(self, lab: Lab, censor: Censor) -> None:
         """The same two lines over IPv6: the crafted fake segments are IPv6 packets."""
         ok_at_link_speed(r := lab.probe("fake-first", "kind=random", v6=True))
         evaded(censor, r)
-        r = lab.probe("fake-first", "kind=decoy", v6=True)
-        assert r["outcome"] == "throttled", r
-        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+        held_back(censor, lab.probe("fake-first", "kind=decoy", v6=True))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -291,9 +295,7 @@ class TestTspu2021IdleTimeout:
         ok_at_link_speed(r)  # ... and at link speed once the censor has forgotten it
 
     def test_T21_6_a_shorter_silence_does_not_release_the_flow(self, lab: Lab, censor: Censor) -> None:
-        r = lab.probe("idle-wait", "seconds=1")
-        assert r["outcome"] == "throttled", r
-        assert censor.fired(r, "throttle")["names"]["sni"] == [BLOCKED]
+        held_back(censor, lab.probe("idle-wait", "seconds=1"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
