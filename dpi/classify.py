@@ -23,14 +23,15 @@ def classify_bytes(data: bytes, profile: Profile, *, seed: int | None = None, na
     live censor) gets the capture with its fragments reassembled (dpi.defrag); that costs a second pass, taken
     only when the first one met fragments.
     """
-    hdr = read_header(data, name)
-    censor = Censor(profile, seed=seed, record=True)
-    censor.core.process_pcap(data, hdr.linktype, hdr.offset, hdr.nanosecond, hdr.swapped)
-    if profile.flows.fragments == "reassemble" and censor.core.n_fragments:
-        data = reassemble_capture(data, name)
-        hdr = read_header(data, name)
+    def replay(capture: bytes) -> Censor:
+        hdr = read_header(capture, name)
         censor = Censor(profile, seed=seed, record=True)
-        censor.core.process_pcap(data, hdr.linktype, hdr.offset, hdr.nanosecond, hdr.swapped)
+        censor.core.process_pcap(capture, hdr.linktype, hdr.offset, hdr.nanosecond, hdr.swapped)
+        return censor
+
+    censor = replay(data)
+    if profile.flows.fragments == "reassemble" and censor.core.n_fragments:
+        censor = replay(reassemble_capture(data, name))
     assert censor.records is not None
     return sorted(censor.records.values(), key=lambda r: (r.first_ts, r.flow_id))
 

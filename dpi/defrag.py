@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from dpi.forge import checksum
+from dpi.forge import ipv4_checksummed
 from dpi.pcap import PcapWriter, iter_packets
 
 TIMEOUT = 30.0  # seconds, Linux's net.ipv4.ipfrag_time
@@ -88,11 +88,9 @@ def _whole(d: _Datagram) -> bytes | None:
     head = bytearray(d.head)
     if head[0] >> 4 == 4:
         struct.pack_into("!H", head, 2, len(head) + len(data))
-        struct.pack_into("!HH", head, 6, 0, struct.unpack_from("!H", head, 8)[0])  # no flags, offset 0
-        struct.pack_into("!H", head, 10, 0)
-        struct.pack_into("!H", head, 10, checksum(bytes(head)))
-    else:
-        struct.pack_into("!H", head, 4, len(head) - 40 + len(data))
+        struct.pack_into("!H", head, 6, 0)  # no flags, offset 0
+        return ipv4_checksummed(head) + bytes(data)
+    struct.pack_into("!H", head, 4, len(head) - 40 + len(data))
     return bytes(head) + bytes(data)
 
 

@@ -58,6 +58,12 @@ def checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def ipv4_checksummed(header: bytes | bytearray) -> bytes:
+    """An IPv4 header (options included) with its checksum field recomputed, whatever the field held."""
+    h = bytes(header[:10]) + b"\x00\x00" + bytes(header[12:])
+    return h[:10] + struct.pack("!H", checksum(h)) + h[12:]
+
+
 def _addresses(src: str, dst: str) -> tuple[int, bytes, bytes]:
     """(IP version, packed source, packed destination); both ends must be of one family."""
     # inet_pton instead of ipaddress: this runs for every forged packet and is ~10x faster
@@ -91,7 +97,7 @@ def _ip_packet(version: int, src: bytes, dst: bytes, proto: int, l4: bytes, *, t
     if total > 0xFFFF:
         raise ValueError("packet too long for IPv4")
     header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, ip_id, _IPV4_DF if df else 0, ttl, proto, 0, src, dst)
-    return header[:10] + struct.pack("!H", checksum(header)) + header[12:] + l4
+    return ipv4_checksummed(header) + l4
 
 
 def _check_port(port: int) -> None:

@@ -6,8 +6,8 @@ the xtables `NFQUEUE` target through `iptables`/`ip6tables` (iptables-nft with x
 Everything RedWeb adds lives in one chain per family, `REDWEB` in the filter table, reached by one jump from
 FORWARD (an inline router, the default) or from INPUT and OUTPUT (`local` mode: the censor runs on the client's
 host); with `interfaces`, by one jump per interface and direction instead, so only traffic crossing those links
-is censored (a DPI box sits on one link of a router, not on all of them). The chain implements the fast path that keeps decided flows out of user space (DESIGN.md, "Performance
-design"):
+is censored (a DPI box sits on one link of a router, not on all of them). The chain implements the fast path
+that keeps decided flows out of user space (DESIGN.md, "Performance design"):
 
 0. packets of decided connections are accepted/dropped by the connmark, first, so the bulk of the traffic
    leaves the chain after one rule;
@@ -98,24 +98,22 @@ class _Cmd:
     def prefix(self) -> list[str]:
         return ["ip", "netns", "exec", self.netns] if self.netns else []
 
-    def run(self, binary: str, *args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.prefix(), binary, "-w", "5", *args]
-        try:
-            return subprocess.run(cmd, text=True, capture_output=True, timeout=_RUN_TIMEOUT)
-        except FileNotFoundError as e:
-            return subprocess.CompletedProcess(cmd, 127, "", f"{e.filename}: not found")
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(cmd, 124, "", f"{binary} timed out (xtables lock held?)")
-
-    def nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """`nft ARGS` in the namespace (dpi.nodefrag's runner)."""
-        cmd = [*self.prefix(), "nft", *args]
+    def _exec(self, argv: list[str], timed_out: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`argv` in the namespace; a missing program or a timeout is a failed result, never an exception."""
+        cmd = [*self.prefix(), *argv]
         try:
             return subprocess.run(cmd, text=True, capture_output=True, timeout=_RUN_TIMEOUT, input=stdin)
         except FileNotFoundError as e:
             return subprocess.CompletedProcess(cmd, 127, "", f"{e.filename}: not found")
         except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(cmd, 124, "", "nft timed out")
+            return subprocess.CompletedProcess(cmd, 124, "", timed_out)
+
+    def run(self, binary: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return self._exec([binary, "-w", "5", *args], f"{binary} timed out (xtables lock held?)")
+
+    def nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`nft ARGS` in the namespace (dpi.nodefrag's runner)."""
+        return self._exec(["nft", *args], "nft timed out", stdin)
 
     def read(self, path: str) -> str:
         """Read a per-namespace /proc file (as seen from inside the namespace)."""
@@ -367,7 +365,7 @@ def stale_rules(netns: str | None = None) -> list[str]:
     fragment table (dpi.nodefrag) as `nft table inet redweb`."""
     cmd = _Cmd(netns)
     found = [f"{b} -t {t} {line}" for b, t, line in _scan(cmd)]
-    if shutil.which("nft") and nodefrag.present(cmd.nft):
+    if nodefrag.present(cmd.nft):
         found.append(nodefrag.NAME)
     return found
 

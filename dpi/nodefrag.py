@@ -54,15 +54,21 @@ def _first_line(text: str) -> str:
 
 
 def present(run: Runner) -> bool:
+    """Whether the table is there (False also when nft is missing: then nothing of ours can be)."""
     return run(["list", "table", FAMILY, TABLE], None).returncode == 0
+
+
+def require_nft(profile: str = "this profile") -> None:
+    """Raise NoDefragError naming the fix when the `nft` program is missing."""
+    if shutil.which("nft") is None:
+        raise NoDefragError(f"nft not found: install nftables (apt-get install nftables): {profile} forwards IP "
+                            "fragments uninspected (flows.fragments: forward, T22-5), which needs an nftables "
+                            "chain ahead of the kernel's reassembly")
 
 
 def install(run: Runner, ipv6: bool = True) -> None:
     """Add the table; raises NoDefragError (and leaves nothing behind) when nft is missing or refuses it."""
-    if shutil.which("nft") is None:
-        raise NoDefragError("nft not found: install nftables (apt-get install nftables); this profile forwards IP "
-                            "fragments uninspected (flows.fragments: forward, T22-5), which needs an nftables "
-                            "chain ahead of the kernel's reassembly")
+    require_nft()
     if present(run):
         raise NoDefragError(f"{NAME} already exists: a previous run left it; run `redweb cleanup` first")
     r = run(["-f", "-"], ruleset(ipv6))
@@ -75,6 +81,6 @@ def install(run: Runner, ipv6: bool = True) -> None:
 
 def remove(run: Runner) -> int:
     """Delete the table if it is there; 1 if it was removed. Never raises."""
-    if shutil.which("nft") is None or not present(run):
+    if not present(run):
         return 0
     return 1 if run(["delete", "table", FAMILY, TABLE], None).returncode == 0 else 0

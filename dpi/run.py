@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from dpi import iptables
+from dpi import iptables, nodefrag
 from dpi.eventlog import EventLog, write_pcap_header
 from dpi.iptables import RuleSet, SetupError, parse_interface, parse_network, parse_queues
 from dpi.metrics import MetricsServer, parse_address, split_rule_counter
@@ -350,10 +350,11 @@ def run_main(args: argparse.Namespace, *, censor_factory: CensorFactory | None =
         _check_writable(args.pcap, "pcap file")
         factory = censor_factory if censor_factory is not None else _load_engine(args, inside)
         defragment = _defragments(factory)
-        if not defragment and shutil.which("nft") is None:
-            raise _Preflight(f"nft not found: install nftables (apt-get install nftables): profile {args.profile} "
-                             "forwards IP fragments uninspected (flows.fragments: forward, T22-5), which needs an "
-                             "nftables chain ahead of the kernel's reassembly")
+        if not defragment:
+            try:
+                nodefrag.require_nft(f"profile {args.profile}")
+            except nodefrag.NoDefragError as e:
+                raise _Preflight(str(e)) from None
         stale = iptables.stale_rules()
         live = iptables.stale_queues(lines=stale) & set(holders)
         if stale and live:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from dpi.forge import checksum  # RFC 1071, shared with the censor's own forging
+from dpi.forge import checksum, ipv4_checksummed  # RFC 1071, shared with the censor's own forging
 
 # linux/tcp.h
 TCP_REPAIR = 19
@@ -179,8 +179,7 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, p
         ident = ip_id if ip_id is not None else int.from_bytes(os.urandom(2), "big") or 1
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), ident, 0x4000, ttl, socket.IPPROTO_TCP, 0,
                          s, d)
-        ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-        return ip + segment
+        return ipv4_checksummed(ip) + segment
     ip6 = struct.pack("!IHBB16s16s", 6 << 28, len(segment), socket.IPPROTO_TCP, ttl, s, d)
     return ip6 + segment
 
@@ -219,11 +218,9 @@ def ip_fragments(packet: bytes, size: int, *, ident: int | None = None) -> list[
         for off in range(0, len(body), size):
             chunk = body[off:off + size]
             h = bytearray(header)
-            struct.pack_into("!HHH", h, 2, ihl + len(chunk), struct.unpack_from("!H", h, 4)[0],
-                             (IP_MF if off + size < len(body) else 0) | (off // 8))
-            struct.pack_into("!H", h, 10, 0)
-            struct.pack_into("!H", h, 10, checksum(bytes(h)))
-            out.append(bytes(h) + chunk)
+            struct.pack_into("!H", h, 2, ihl + len(chunk))
+            struct.pack_into("!H", h, 6, (IP_MF if off + size < len(body) else 0) | (off // 8))  # DF cleared
+            out.append(ipv4_checksummed(h) + chunk)
         return out
     fixed, body = packet[:40], packet[40:]
     next_header = fixed[6]

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
+from dpi.forge import ipv4_checksummed
 from dpi.strategies import rawtcp
 from dpi.strategies.base import Param, Strategy
 
@@ -167,11 +168,8 @@ def bare_syn(syn_ack: bytes) -> bytes | None:
     tcp[8:12] = b"\x00\x00\x00\x00"  # no acknowledgment number without ACK
     tcp[16:18] = b"\x00\x00"
     tcp[16:18] = struct.pack("!H", rawtcp.tcp_checksum(src, dst, bytes(tcp)))
-    ip = bytearray(syn_ack[:ihl])
-    if version == 4:
-        ip[10:12] = b"\x00\x00"
-        ip[10:12] = struct.pack("!H", rawtcp.checksum(bytes(ip)))
-    return bytes(ip) + bytes(tcp)
+    ip = syn_ack[:ihl]
+    return (ipv4_checksummed(ip) if version == 4 else bytes(ip)) + bytes(tcp)
 
 
 class SplitHandshake:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 
@@ -112,32 +113,40 @@ def _recv(sock: socket.socket, trace: Trace, deadline: float) -> bytes:
         raise _Deadline() from None
 
 
+class _Crafter:
+    """Builds segments of this connection at its current sequence numbers (read once, with TCP_REPAIR) and
+    with its own TCP options, so that crafted packets look like the connection's own to a censor."""
+
+    def __init__(self, sock: socket.socket, target: Target) -> None:
+        self.state = rawtcp.read_sequence(sock)
+        self.options = rawtcp.timestamp_option(sock)  # the same TCP header length as the real segments
+        self.src, self.sport = sock.getsockname()[:2]
+        self.target = target
+
+    def segment(self, payload: bytes, **kw: Any) -> bytes:
+        s = self.state
+        return rawtcp.tcp_packet(self.src, self.target.address, self.sport, self.target.port, s.snd_nxt,
+                                 s.rcv_nxt, payload, window=s.window, options=self.options, **kw)
+
+
 def _send_fakes(sock: socket.socket, fakes: tuple[FakeSegment, ...], target: Target, trace: Trace,
                 when: str) -> None:
-    """Crafted segments at the connection's current sequence numbers (read with TCP_REPAIR), from a raw socket."""
-    state = rawtcp.read_sequence(sock)
-    options = rawtcp.timestamp_option(sock)  # the same TCP header length as the real segments
-    src, sport = sock.getsockname()[:2]
+    """Crafted segments at the connection's current sequence numbers, from a raw socket."""
+    crafter = _Crafter(sock, target)
     for fake in fakes:
-        packet = rawtcp.tcp_packet(src, target.address, sport, target.port, state.snd_nxt, state.rcv_nxt,
-                                   fake.payload, flags=fake.flags, window=state.window, ttl=fake.ttl or 64,
-                                   options=options, bad_checksum=fake.bad_checksum)
-        rawtcp.send_raw(packet)
-        trace.notes.append(f"fake {fake.describe()} sent {when}, seq {state.snd_nxt}")
+        rawtcp.send_raw(crafter.segment(fake.payload, flags=fake.flags, ttl=fake.ttl or 64,
+                                        bad_checksum=fake.bad_checksum))
+        trace.notes.append(f"fake {fake.describe()} sent {when}, seq {crafter.state.snd_nxt}")
 
 
 def _send_fragmented(sock: socket.socket, data: bytes, size: int, target: Target, trace: Trace) -> None:
     """`data` as one TCP segment cut into IP fragments, sent from a raw socket; the socket counts it as sent."""
-    state = rawtcp.read_sequence(sock)
-    options = rawtcp.timestamp_option(sock)
-    src, sport = sock.getsockname()[:2]
+    crafter = _Crafter(sock, target)
     rawtcp.queue_as_sent(sock, data)
-    packet = rawtcp.tcp_packet(src, target.address, sport, target.port, state.snd_nxt, state.rcv_nxt, data,
-                               window=state.window, options=options)
-    fragments = rawtcp.ip_fragments(packet, size)
+    fragments = rawtcp.ip_fragments(crafter.segment(data), size)
     rawtcp.send_raw(*fragments)
     trace.notes.append(f"first flight of {len(data)} bytes sent as {len(fragments)} IP fragments of "
-                       f"<= {size - size % 8} bytes, seq {state.snd_nxt}")
+                       f"<= {size - size % 8} bytes, seq {crafter.state.snd_nxt}")
 
 
 def _write_first_flight(sock: socket.socket, plan: TcpPlan, trace: Trace) -> None:
